@@ -1,0 +1,93 @@
+# driftloop: `make up` starts the service with its demo; `make test` runs the test suite.
+# Needs only Python 3.11, git and make: uv is installed into .driftloop/tools if missing.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STATE   := .driftloop
+TOOLS   := $(STATE)/tools
+VENV    := .venv
+PYTHON  ?= python3.11
+UV_VERSION := 0.13.8
+UV      := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+BIN     := $(VENV)/bin
+
+# Quiet and offline in every process make starts (see README, "Telemetry").
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export RAY_USAGE_STATS_ENABLED := 0
+export DVC_NO_ANALYTICS := 1
+export EVIDENTLY_DISABLE_TELEMETRY := 1
+export ITERATIVE_DO_NOT_TRACK := 1
+# uv: use the machine's Python 3.11, keep its cache with the project, never touch $HOME.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_CACHE_DIR := $(CURDIR)/$(STATE)/cache/uv
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: help install up down test pytest lint format batch drift bench prefect.yaml deploy worker feast clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --no-cache-dir uv==$(UV_VERSION)
+
+$(BIN)/driftloop: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked
+	@touch $@
+
+install: $(BIN)/driftloop ## create .venv from uv.lock
+
+up: install ## start Prefect, MLflow, a worker and the demo (foreground; Ctrl-C stops all)
+	$(BIN)/driftloop up
+
+down: install ## stop anything a killed `make up` left running
+	$(BIN)/driftloop down
+
+test: install ## lint, check prefect.yaml, run the test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m deployments.render --check
+	$(BIN)/pytest
+
+pytest: install ## run only the tests (ARGS="-k name" to select)
+	$(BIN)/pytest $(ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## format and fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+batch: install ## add a batch to the demo data registry (ARGS="--rows 2000 --shift monthly_charges=1")
+	$(BIN)/driftloop add-batch $(ARGS)
+
+drift: install ## add a clearly drifted batch to the demo data registry
+	$(BIN)/driftloop add-batch --drift $(ARGS)
+
+bench: install ## run the benchmarks in bench/ and print their tables
+	$(BIN)/python bench/training_bench.py $(ARGS)
+
+prefect.yaml: install ## render prefect.yaml from deployments/
+	$(BIN)/python -m deployments.render
+
+deploy: install ## deploy prefect.yaml to the server at PREFECT_API_URL
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: install ## run a process worker on the driftloop work pool (PREFECT_API_URL)
+	$(BIN)/prefect worker start --pool driftloop-process --type process
+
+feast: install ## run a feast CLI command in feature_repo (ARGS="feature-views list")
+	cd feature_repo && ../$(BIN)/feast $(ARGS)
+
+clean: ## stop everything and delete all state (keeps .venv and the uv cache)
+	-$(BIN)/driftloop down
+	find $(STATE) -mindepth 1 -maxdepth 1 ! -name cache ! -name tools -exec rm -rf {} +
+
+distclean: clean ## also delete .venv and the tool cache
+	rm -rf $(VENV) $(STATE)
