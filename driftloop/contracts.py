@@ -1,0 +1,121 @@
+"""Values passed between tasks. Small, frozen and hashable into cache keys by content."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FeatureKind = Literal["numeric", "categorical", "boolean"]
+
+
+class _Value(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetLocation(_Value):
+    """Where a labeled entity table lives: a DVC repo, a path in it and a git revision."""
+
+    repo: str
+    path: str
+    rev: str
+    remote: str | None = None
+
+
+class DatasetVersion(_Value):
+    """A dataset location resolved to content: the git commit and DVC's md5 of the file."""
+
+    location: DatasetLocation
+    commit: str
+    md5: str
+    size: int | None = None
+
+    @property
+    def short(self) -> str:
+        return f"{self.location.path}@{self.commit[:8]} (md5 {self.md5[:8]})"
+
+
+class TableSchema(_Value):
+    """The roles of the columns of a labeled entity table."""
+
+    entity_columns: tuple[str, ...]
+    timestamp_column: str
+    label_column: str
+
+
+class FeatureColumn(_Value):
+    name: str
+    ref: str
+    feast_type: str
+    kind: FeatureKind
+
+
+class ResolvedFeatures(_Value):
+    """Feature refs resolved against the Feast registry, with a fingerprint of their data."""
+
+    project: str
+    feature_service: str | None
+    columns: tuple[FeatureColumn, ...]
+    ttl_seconds: dict[str, float] = Field(default_factory=dict)
+    fingerprint: str
+
+    @property
+    def refs(self) -> list[str]:
+        return [c.ref for c in self.columns]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+class Metrics(_Value):
+    roc_auc: float
+    f1: float
+    accuracy: float
+    log_loss: float
+    n_rows: int
+    positive_rate: float
+
+    def score(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.model_dump().items()}
+
+
+class LoggedRun(_Value):
+    """An MLflow run that holds a trained model."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    run_url: str | None = None
+
+
+class ModelVersionRef(_Value):
+    name: str
+    version: str
+    run_id: str | None = None
+    url: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class ChampionEvaluation(_Value):
+    """The current champion scored on the challenger's holdout (or why it could not be)."""
+
+    champion: ModelVersionRef | None
+    metrics: Metrics | None = None
+    not_comparable_reason: str | None = None
+
+
+class PromotionDecision(_Value):
+    promote: bool
+    reason: str
+    metric: str
+    challenger: ModelVersionRef
+    challenger_metrics: Metrics
+    champion: ModelVersionRef | None
+    champion_metrics: Metrics | None

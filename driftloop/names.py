@@ -1,0 +1,68 @@
+"""Every name driftloop shares with the outside world, defined once.
+
+Event names and resource ids are driftloop's public interface (other systems emit and consume
+them); block document names, registry aliases, MLflow tags and artifact paths are contracts
+between flows. Import them from here; never spell them out elsewhere.
+"""
+
+from __future__ import annotations
+
+# --- Events ------------------------------------------------------------------------------
+EVENT_DATASET_UPDATED = "driftloop.dataset.updated"
+EVENT_DRIFT_DETECTED = "driftloop.drift.detected"
+EVENT_DRIFT_CHECKED = "driftloop.drift.checked"
+EVENT_MODEL_PROMOTED = "driftloop.model.promoted"
+
+DATASET_RESOURCE_PREFIX = "driftloop.dataset."
+MODEL_RESOURCE_PREFIX = "driftloop.model."
+
+
+def dataset_resource_id(dataset_name: str) -> str:
+    """`prefect.resource.id` of a dataset: ``driftloop.dataset.<dataset name>``."""
+    return f"{DATASET_RESOURCE_PREFIX}{dataset_name}"
+
+
+def model_resource_id(model_name: str) -> str:
+    """`prefect.resource.id` of a registered model: ``driftloop.model.<model name>``."""
+    return f"{MODEL_RESOURCE_PREFIX}{model_name}"
+
+
+# --- Block documents created for the embedded stack -----------------------------------------
+# One document per block type; editing it in the UI changes what the next run uses.
+DEFAULT_BLOCK = "default"
+
+# --- MLflow registry aliases ---------------------------------------------------------------
+ALIAS_CHAMPION = "champion"
+ALIAS_CHALLENGER = "challenger"
+
+# --- MLflow tags ---------------------------------------------------------------------------
+TAG_DVC_REPO = "driftloop.dvc.repo"
+TAG_DVC_PATH = "driftloop.dvc.path"
+TAG_DVC_REV = "driftloop.dvc.rev"
+TAG_DVC_COMMIT = "driftloop.dvc.commit"
+TAG_DVC_MD5 = "driftloop.dvc.md5"
+TAG_FEAST_FEATURES = "driftloop.feast.features"
+TAG_FEAST_FEATURE_SERVICE = "driftloop.feast.feature_service"
+TAG_FEAST_PROJECT = "driftloop.feast.project"
+TAG_FLOW_RUN_ID = "driftloop.prefect.flow_run_id"
+TAG_FLOW_RUN_URL = "driftloop.prefect.flow_run_url"
+TAG_TRIGGER_REASON = "driftloop.trigger.reason"
+TAG_TRIGGER_DRIFTED_COLUMNS = "driftloop.trigger.drifted_columns"
+TAG_DECISION = "driftloop.decision"
+TAG_DECISION_REASON = "driftloop.decision.reason"
+TAG_GATE_METRIC = "driftloop.gate.metric"
+TAG_COMPARED_TO = "driftloop.gate.compared_to_version"
+
+DECISION_PROMOTED = "promoted"
+DECISION_REJECTED = "rejected"
+DECISION_ROLLED_BACK = "rolled_back"
+
+# --- MLflow artifact paths -----------------------------------------------------------------
+MODEL_ARTIFACT = "model"
+REFERENCE_SAMPLE_ARTIFACT = "reference/training_features.parquet"
+
+# --- Prefect artifact keys (lowercase letters, digits and dashes only) ------------------------
+ARTIFACT_PROMOTION = "driftloop-promotion"
+
+# --- Deployment infrastructure ---------------------------------------------------------------
+WORK_POOL = "driftloop-process"

@@ -1,0 +1,154 @@
+"""Process-level settings: where state lives, which ports the embedded stack uses.
+
+Everything a component needs to *find* the embedded stack comes from here (environment
+variables prefixed ``DRIFTLOOP_``). Everything a flow needs to *use* a component comes from
+Prefect blocks (see ``blocks/``), so that switching to remote components is a block edit.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Every process driftloop starts runs with these. Values come from ../shared/STACK.md: with them
+# no component opens a connection outside loopback. MLflow accepts only the literal "true".
+TELEMETRY_OFF: dict[str, str] = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DVC_NO_ANALYTICS": "1",
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",
+    "ITERATIVE_DO_NOT_TRACK": "1",
+}
+
+
+class DriftloopSettings(BaseSettings):
+    """Settings of the embedded stack, read from ``DRIFTLOOP_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", extra="ignore")
+
+    home: Path = Field(
+        default=PROJECT_ROOT / ".driftloop",
+        description="The one folder that holds all state of the embedded stack.",
+    )
+    host: str = Field(default="127.0.0.1", description="Interface the embedded servers bind.")
+    prefect_port: int = Field(default=4200, ge=1, le=65535)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    feature_repo: Path = Field(
+        default=PROJECT_ROOT / "feature_repo",
+        description="The demo's Feast feature repo (its yaml keeps state in ../.driftloop).",
+    )
+    startup_timeout_s: float = Field(
+        default=90.0, gt=0, description="How long a component may take to become healthy."
+    )
+
+    # --- derived locations -------------------------------------------------------------
+    @cached_property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @cached_property
+    def results_dir(self) -> Path:
+        """Persisted Prefect results: read and written by the flow process and Ray workers."""
+        return self.home / "results"
+
+    @cached_property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @cached_property
+    def mlflow_backend_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @cached_property
+    def ray_dir(self) -> Path:
+        return self.home / "ray"
+
+    @cached_property
+    def data_registry_dir(self) -> Path:
+        """The demo's git + DVC data registry."""
+        return self.home / "data" / "registry"
+
+    @cached_property
+    def dvc_remote_dir(self) -> Path:
+        """The demo registry's DVC remote (a local directory remote)."""
+        return self.home / "data" / "dvc-remote"
+
+    @cached_property
+    def feast_dir(self) -> Path:
+        """Feast registry, online store and offline parquet sources of the demo feature repo."""
+        return self.home / "feast"
+
+    @cached_property
+    def predictions_dir(self) -> Path:
+        return self.home / "predictions"
+
+    @cached_property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @cached_property
+    def run_dir(self) -> Path:
+        """PID files of the processes ``driftloop up`` started."""
+        return self.home / "run"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.feature_repo
+
+    @property
+    def prefect_ui_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"{self.prefect_ui_url}/api"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+    def process_env(self) -> dict[str, str]:
+        """Environment for every process driftloop starts: quiet, offline, state under home.
+
+        Values already set by the user win, so that a user can point at a remote Prefect API or
+        a Ray cluster without code changes.
+        """
+        env = dict(os.environ)
+        defaults = {
+            **TELEMETRY_OFF,
+            "DRIFTLOOP_HOME": str(self.home),
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_API_URL": self.prefect_api_url,
+            "PREFECT_UI_URL": self.prefect_ui_url,
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(self.results_dir),
+            # DVC keeps a per-machine cache of repo state; keep it with our state, not in /var/tmp.
+            "DVC_SITE_CACHE_DIR": str(self.home / "cache" / "dvc"),
+            "MPLCONFIGDIR": str(self.home / "cache" / "matplotlib"),
+        }
+        for key, value in defaults.items():
+            env.setdefault(key, value)
+        # Telemetry switches are not a preference: they are forced.
+        env.update(TELEMETRY_OFF)
+        return env
+
+
+def get_settings() -> DriftloopSettings:
+    """Settings as the current environment defines them."""
+    return DriftloopSettings()
+
+
+def quiet_environment() -> None:
+    """Switch telemetry off in this process (call before importing the heavy libraries)."""
+    os.environ.update(TELEMETRY_OFF)
