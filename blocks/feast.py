@@ -1,0 +1,37 @@
+"""A Feast feature repository, as a Prefect block."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import Field
+
+from blocks._base import DriftloopBlock
+from driftloop.errors import BlockConfigurationError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+class FeastFeatureStore(DriftloopBlock):
+    """A Feast feature repo: its `feature_store.yaml` says where the registry, the offline
+    store and the online store are (local files, or e.g. Redis and a SQL registry)."""
+
+    _block_type_name: ClassVar[str] = "driftloop Feast"
+    _block_type_slug: ClassVar[str] = "driftloop-feast"
+    _description: ClassVar[str] = "Feast feature repo used for training and online scoring."
+
+    repo_path: str = Field(description="Path of the feature repo (holds feature_store.yaml).")
+
+    def check(self, ref: str) -> None:
+        config = Path(self.repo_path) / "feature_store.yaml"
+        if not config.is_file():
+            raise BlockConfigurationError(
+                f"Block {ref!r}: repo_path {self.repo_path!r} has no feature_store.yaml"
+            )
+
+    def store(self) -> FeatureStore:
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(Path(self.repo_path).resolve()))
