@@ -1,0 +1,65 @@
+"""Step 9c: the metric gate."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from driftloop.contracts import ChampionEvaluation, Metrics, ModelVersionRef, PromotionDecision
+from driftloop.params import LOWER_IS_BETTER, PromotionPolicy
+from tasks._policy import NO_RETRIES, UNCACHED
+
+
+def gate(
+    challenger: ModelVersionRef,
+    metrics: Metrics,
+    champion: ChampionEvaluation,
+    policy: PromotionPolicy,
+) -> PromotionDecision:
+    """Promote only a challenger that clears the floor and beats the champion by the margin."""
+    metric = policy.metric
+    lower_better = metric in LOWER_IS_BETTER
+    score = metrics.score(metric)
+
+    def decision(promote: bool, reason: str) -> PromotionDecision:
+        return PromotionDecision(
+            promote=promote,
+            reason=reason,
+            metric=metric,
+            challenger=challenger,
+            challenger_metrics=metrics,
+            champion=champion.champion,
+            champion_metrics=champion.metrics,
+        )
+
+    clears = score <= policy.floor if lower_better else score >= policy.floor
+    bar = "ceiling" if lower_better else "floor"
+    if not clears:
+        return decision(False, f"{metric} {score:.4f} does not clear the {bar} {policy.floor}")
+    if champion.champion is None:
+        return decision(True, f"first model: {metric} {score:.4f} clears the {bar} {policy.floor}")
+    if champion.champion.version == challenger.version:
+        return decision(False, f"version {challenger.version} is already the champion")
+    if champion.metrics is None:
+        return decision(False, f"not comparable: {champion.not_comparable_reason}")
+    best = champion.metrics.score(metric)
+    gain = best - score if lower_better else score - best
+    verdict = (
+        f"{metric} {score:.4f} vs champion v{champion.champion.version} {best:.4f} "
+        f"(gain {gain:+.4f}, required {policy.min_improvement})"
+    )
+    return decision(gain > 0 and gain >= policy.min_improvement, verdict)
+
+
+@task(name="decide-promotion", cache_policy=UNCACHED, **NO_RETRIES)
+def decide_promotion(
+    challenger: ModelVersionRef,
+    metrics: Metrics,
+    champion: ChampionEvaluation,
+    policy: PromotionPolicy,
+) -> PromotionDecision:
+    """Apply the promotion gate and log the verdict."""
+    result = gate(challenger, metrics, champion, policy)
+    get_run_logger().info(
+        "Decision: %s: %s", "promote" if result.promote else "keep champion", result.reason
+    )
+    return result
