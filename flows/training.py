@@ -1,0 +1,146 @@
+"""Training: DVC data + Feast features -> validated, evaluated model -> MLflow champion.
+
+    resolve dataset -> load labeled entities -> get historical features -> validate
+      -> split holdout -> train -> evaluate -> log to MLflow
+      -> [transaction] register -> evaluate champion -> gate -> promote -> record -> announce
+
+Everything after registration runs in one Prefect transaction: if any step fails, rollback
+hooks restore the previous champion and challenger aliases.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.transactions import transaction
+from pydantic import BaseModel, Field
+
+from blocks.dvc import DvcDataset
+from blocks.feast import FeastFeatureStore
+from blocks.mlflow import MlflowTracking
+from driftloop import names
+from driftloop.lineage import lineage_tags
+from driftloop.params import (
+    DataQualityPolicy,
+    FeatureSelection,
+    GradientBoostingSpec,
+    ModelSpec,
+    PromotionPolicy,
+    SplitPolicy,
+    TriggerContext,
+)
+from tasks.announce_promotion import announce_promotion
+from tasks.decide_promotion import decide_promotion
+from tasks.evaluate_champion import evaluate_champion, get_champion
+from tasks.evaluate_model import evaluate_model
+from tasks.get_historical_features import get_historical_features
+from tasks.load_labeled_entities import load_labeled_entities
+from tasks.log_to_mlflow import log_to_mlflow
+from tasks.promote_model import promote_model
+from tasks.record_decision import record_decision
+from tasks.register_model import register_model_version
+from tasks.resolve_dataset import resolve_dataset
+from tasks.resolve_features import resolve_features
+from tasks.split_holdout import split_holdout
+from tasks.train_model import train_model
+from tasks.validate_training_data import validate_training_data
+
+
+class TrainingResult(BaseModel):
+    """What a training run produced and decided."""
+
+    model_name: str
+    version: str
+    promoted: bool
+    reason: str
+    champion_version: str | None = Field(description="The champion after this run.")
+    metrics: dict[str, float]
+    mlflow_run_id: str
+    dataset_commit: str
+    dataset_md5: str
+
+
+@flow(name="train-model", log_prints=True)
+def train(
+    features: FeatureSelection,
+    rev: str | None = None,
+    model: ModelSpec = GradientBoostingSpec(),
+    split: SplitPolicy = SplitPolicy(),
+    quality: DataQualityPolicy = DataQualityPolicy(),
+    gate: PromotionPolicy = PromotionPolicy(),
+    trigger: TriggerContext = TriggerContext(),
+    random_state: int = 0,
+    dataset_block: str = names.DEFAULT_BLOCK,
+    feast_block: str = names.DEFAULT_BLOCK,
+    mlflow_block: str = names.DEFAULT_BLOCK,
+) -> TrainingResult:
+    """Train a model on a DVC dataset revision with Feast features and promote it in MLflow
+    only if it beats the current champion on the same holdout.
+
+    Args:
+        features: The Feast feature service or feature refs to train on.
+        rev: Git revision of the dataset (tag, branch or commit); the block's default if empty.
+        model: Model family and hyperparameters.
+        split: Time-aware holdout.
+        quality: Limits on nulls after the feature join.
+        gate: Metric, margin and floor for promotion.
+        trigger: Why this run started (recorded as MLflow tags).
+        random_state: Seed for the model.
+        dataset_block: Name of the `driftloop-dvc-dataset` block with the labeled entity table.
+        feast_block: Name of the `driftloop-feast` block.
+        mlflow_block: Name of the `driftloop-mlflow` block.
+    """
+    logger = get_run_logger()
+    dataset_cfg = DvcDataset.load_named(dataset_block)
+    feast_cfg = FeastFeatureStore.load_named(feast_block)
+    mlflow_cfg = MlflowTracking.load_named(mlflow_block)
+    schema = dataset_cfg.table_schema()
+
+    dataset = resolve_dataset(dataset_cfg.location(rev))
+    resolved = resolve_features(feast_cfg, features)
+    entities = load_labeled_entities(dataset, schema)
+    frame = get_historical_features(entities, dataset, resolved, schema, feast_cfg, quality)
+    validate_training_data(frame, dataset, resolved, schema)
+    train_rows, holdout = split_holdout(frame, schema, split)
+    fitted = train_model(train_rows, resolved, schema, model, random_state)
+    metrics = evaluate_model(fitted, holdout, resolved, schema)
+    run = log_to_mlflow(
+        fitted,
+        train_rows,
+        mlflow_cfg,
+        dataset,
+        resolved,
+        schema,
+        model,
+        random_state,
+        split,
+        metrics,
+        trigger,
+    )
+
+    with transaction():
+        version = register_model_version(run, mlflow_cfg, lineage_tags(dataset, resolved, trigger))
+        champion = get_champion(mlflow_cfg)
+        champion_eval = evaluate_champion(champion, holdout, resolved, schema, mlflow_cfg)
+        decision = decide_promotion(version, metrics, champion_eval, gate)
+        promote_model(decision, mlflow_cfg)
+        record_decision(decision, run, mlflow_cfg)
+        announce_promotion(decision)
+
+    champion_now = version.version if decision.promote else (champion and champion.version)
+    logger.info(
+        "%s v%s: %s",
+        "Promoted" if decision.promote else "Kept champion",
+        version.version,
+        decision.reason,
+    )
+    return TrainingResult(
+        model_name=version.name,
+        version=version.version,
+        promoted=decision.promote,
+        reason=decision.reason,
+        champion_version=champion_now,
+        metrics=metrics.as_dict(),
+        mlflow_run_id=run.run_id,
+        dataset_commit=dataset.commit,
+        dataset_md5=dataset.md5,
+    )
