@@ -1,0 +1,84 @@
+"""The `driftloop` command: run the embedded stack and feed its demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from driftloop.settings import get_settings, quiet_environment
+
+
+def _parse_shift(values: list[str]) -> dict[str, float]:
+    shifts = {}
+    for item in values:
+        column, _, amount = item.partition("=")
+        try:
+            shifts[column] = float(amount)
+        except ValueError:
+            raise SystemExit(f"--shift expects COLUMN=STD_UNITS, got {item!r}") from None
+    return shifts
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the embedded stack and its demo (foreground)")
+    up.add_argument("--no-demo", action="store_true", help="start the services only")
+    commands.add_parser("down", help="stop processes a killed `up` left behind")
+
+    batch = commands.add_parser("add-batch", help="add a batch to the demo data registry")
+    batch.add_argument("--rows", type=int, default=4000, help="customers in the batch")
+    batch.add_argument("--seed", type=int, default=42)
+    batch.add_argument("--drift", action="store_true", help="a clearly drifted batch")
+    batch.add_argument(
+        "--shift",
+        action="append",
+        default=[],
+        metavar="COLUMN=STD",
+        help="covariate shift of a numeric column in std units (repeatable)",
+    )
+    batch.add_argument("--label-shift", type=float, default=0.0, help="added to churn log-odds")
+    batch.add_argument(
+        "--new-category",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="introduce a new category in a categorical column (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    settings = get_settings()
+
+    if args.command == "up":
+        from driftloop.stack import up as run_up
+
+        return run_up(settings, with_demo=not args.no_demo)
+    if args.command == "down":
+        from driftloop.stack import down as run_down
+
+        return run_down(settings)
+    if args.command == "add-batch":
+        import os
+
+        from driftloop.demo.churn import STRONG_DRIFT, DriftSpec
+        from driftloop.demo.setup import add_batch
+
+        os.environ.update(settings.process_env())
+        custom = DriftSpec(
+            covariate_shift=_parse_shift(args.shift),
+            label_shift=args.label_shift,
+            new_categories=dict(item.split("=", 1) for item in args.new_category),
+        )
+        drift = STRONG_DRIFT if args.drift and not custom.is_drifted else custom
+        revision = add_batch(settings, rows=args.rows, drift=drift, seed=args.seed)
+        print(
+            f"Added {revision.tag} ({revision.commit[:8]}): {revision.rows} labeled rows, "
+            f"md5 {revision.md5}"
+        )
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
