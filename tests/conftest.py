@@ -1,0 +1,144 @@
+"""Test set-up: real components only, all state in one temporary folder.
+
+- A real Prefect server (`prefect server start`, SQLite) on a free loopback port, once per session.
+- MLflow on SQLite in temporary directories (a server where a test needs one).
+- The real demo Feast repo, copied next to a temporary state folder, and real DVC registries
+  with local remotes.
+
+The environment is set here, before any test module imports Prefect, because Prefect reads
+its settings when it is imported. HOME points into the temporary folder too, so a test run
+never writes to the user's home.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+ROOT = Path(tempfile.mkdtemp(prefix="driftloop-tests-"))
+STATE = ROOT / ".driftloop"
+PREFECT_PORT = free_port()
+os.environ.update(
+    {
+        **TELEMETRY_OFF,
+        "HOME": str(ROOT / "home"),
+        "DRIFTLOOP_HOME": str(STATE),
+        "DRIFTLOOP_FEATURE_REPO": str(ROOT / "feature_repo"),
+        "PREFECT_HOME": str(STATE / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+        "PREFECT_UI_URL": f"http://127.0.0.1:{PREFECT_PORT}",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(STATE / "results"),
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+        "DVC_SITE_CACHE_DIR": str(STATE / "cache" / "dvc"),
+        "MPLCONFIGDIR": str(STATE / "cache" / "matplotlib"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+)
+for folder in (ROOT / "home", STATE / "prefect", STATE / "logs"):
+    folder.mkdir(parents=True)
+shutil.copytree(PROJECT_ROOT / "feature_repo", ROOT / "feature_repo")
+
+import pytest  # noqa: E402
+
+from tests.helpers import PrefectServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> PrefectServer:
+    """A real Prefect server for the whole session (the flows' API)."""
+    server = PrefectServer(port=PREFECT_PORT, home=STATE / "prefect", log_dir=STATE / "logs")
+    server.start()
+    from driftloop.bootstrap import register_block_types
+
+    register_block_types()
+    yield server
+    # Flush logs and events still queued for the API before it goes away.
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+    server.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(ROOT, ignore_errors=True)
+
+
+# --- the demo data, prepared once per session -------------------------------------------------
+from dataclasses import dataclass  # noqa: E402
+
+from tests.helpers import MlflowSetup, make_mlflow, unique  # noqa: E402
+
+DEMO_ROWS_PER_BATCH = 1500
+
+
+@dataclass
+class Demo:
+    """The demo registry and feature repo, with blocks saved for them."""
+
+    settings: object  # DriftloopSettings
+    registry: object  # DataRegistry
+    tags: list[str]
+    dataset_block: str
+    feast_block: str
+
+    def train_kwargs(self, mlflow: MlflowSetup, **overrides: object) -> dict[str, object]:
+        from driftloop.demo import DEMO_FEATURE_SERVICE
+        from driftloop.params import FeatureSelection
+
+        kwargs: dict[str, object] = {
+            "features": FeatureSelection(feature_service=DEMO_FEATURE_SERVICE),
+            "dataset_block": self.dataset_block,
+            "feast_block": self.feast_block,
+            "mlflow_block": mlflow.block_name,
+        }
+        kwargs.update(overrides)
+        return kwargs
+
+
+@pytest.fixture(scope="session")
+def demo(prefect_server: PrefectServer) -> Demo:
+    from blocks import DvcDataset, FeastFeatureStore
+    from driftloop import demo as demo_names
+    from driftloop.demo.setup import DemoConfig, demo_registry, prepare_demo
+    from driftloop.settings import get_settings
+    from tests.helpers import quietly
+
+    settings = get_settings()
+    with quietly():
+        revisions = prepare_demo(settings, DemoConfig(rows_per_batch=DEMO_ROWS_PER_BATCH))
+    dataset_block, feast_block = unique("demo"), unique("demo")
+    DvcDataset(
+        name=demo_names.DEMO_DATASET,
+        repo=str(settings.data_registry_dir),
+        path=demo_names.DEMO_TABLE_PATH,
+        label_column=demo_names.DEMO_LABEL,
+    ).save(dataset_block)
+    FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast_block)
+    return Demo(
+        settings=settings,
+        registry=demo_registry(settings),
+        tags=[r.tag for r in revisions],
+        dataset_block=dataset_block,
+        feast_block=feast_block,
+    )
+
+
+@pytest.fixture
+def mlflow_setup(tmp_path: Path, prefect_server: PrefectServer) -> MlflowSetup:
+    """A fresh MLflow store (SQLite in tmp_path) and its block."""
+    return make_mlflow(tmp_path / "mlflow")

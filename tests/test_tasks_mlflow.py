@@ -1,0 +1,139 @@
+"""The MLflow-side tasks, run as real Prefect tasks against MLflow on SQLite."""
+
+from __future__ import annotations
+
+import pytest
+
+from blocks import FeastFeatureStore
+from driftloop import names
+from driftloop.contracts import ChampionEvaluation, DatasetLocation, TableSchema
+from driftloop.params import (
+    DataQualityPolicy,
+    FeatureSelection,
+    LogisticRegressionSpec,
+    PromotionPolicy,
+    SplitPolicy,
+    TriggerContext,
+)
+from tasks.announce_promotion import announce_promotion
+from tasks.decide_promotion import decide_promotion
+from tasks.evaluate_champion import evaluate_champion, get_champion
+from tasks.evaluate_model import evaluate_model
+from tasks.get_historical_features import get_historical_features
+from tasks.load_labeled_entities import load_labeled_entities
+from tasks.log_to_mlflow import log_to_mlflow
+from tasks.promote_model import ChampionMovedError, promote_model
+from tasks.record_decision import record_decision
+from tasks.register_model import register_model_version
+from tasks.resolve_dataset import resolve_dataset
+from tasks.resolve_features import resolve_features
+from tasks.split_holdout import split_holdout
+from tasks.train_model import train_model
+from tests.helpers import events, make_mlflow
+
+SCHEMA = TableSchema(
+    entity_columns=("customer_id",), timestamp_column="event_timestamp", label_column="churned"
+)
+SPEC = LogisticRegressionSpec()
+SPLIT = SplitPolicy()
+
+
+@pytest.fixture(scope="module")
+def trained(demo):
+    feast = FeastFeatureStore.load_named(demo.feast_block)
+    dataset = resolve_dataset(
+        DatasetLocation(repo=str(demo.registry.repo), path=demo.registry.table_path,
+                        rev=demo.tags[0])
+    )  # fmt: skip
+    features = resolve_features(feast, FeatureSelection(feature_service="churn_model_v1"))
+    entities = load_labeled_entities(dataset, SCHEMA)
+    frame = get_historical_features(entities, dataset, features, SCHEMA, feast, DataQualityPolicy())
+    train, holdout = split_holdout(frame, SCHEMA, SPLIT)
+    model = train_model(train, features, SCHEMA, SPEC, 0)
+    metrics = evaluate_model(model, holdout, features, SCHEMA)
+    return dataset, features, train, holdout, model, metrics
+
+
+def log(trained, mlflow):
+    dataset, features, train, _, model, metrics = trained
+    return log_to_mlflow(
+        model, train, mlflow.block, dataset, features, SCHEMA, SPEC, 0, SPLIT, metrics,
+        TriggerContext(reason="unit test", drifted_columns=["plan"]),
+    )  # fmt: skip
+
+
+def test_log_to_mlflow_records_everything(trained, tmp_path):
+    mlflow = make_mlflow(tmp_path)
+    run = log(trained, mlflow)
+    data = mlflow.client().get_run(run.run_id).data
+    assert data.params["model.family"] == "logistic_regression"
+    assert data.params["model.random_state"] == "0"
+    assert data.metrics["roc_auc"] == pytest.approx(trained[5].roc_auc)
+    assert data.tags[names.TAG_TRIGGER_REASON] == "unit test"
+    assert data.tags[names.TAG_TRIGGER_DRIFTED_COLUMNS] == "plan"
+    assert data.tags[names.TAG_DVC_MD5] == trained[0].md5
+    artifacts = [a.path for a in mlflow.client().list_artifacts(run.run_id, "reference")]
+    assert artifacts == [names.REFERENCE_SAMPLE_ARTIFACT]
+    import mlflow as mlflow_lib
+
+    info = mlflow_lib.models.get_model_info(run.model_uri)
+    assert info.signature.inputs.input_names() == trained[1].names
+    assert info.flavors["python_function"]["predict_fn"] == "predict_proba"
+
+
+def test_registration_is_idempotent_and_marks_the_challenger(trained, tmp_path):
+    mlflow = make_mlflow(tmp_path)
+    run = log(trained, mlflow)
+    first = register_model_version(run, mlflow.block, {"k": "v"})
+    again = register_model_version(run, mlflow.block, {"k": "v"})
+    assert first.version == again.version == "1"
+    client = mlflow.client()
+    assert client.get_model_version_by_alias(mlflow.model_name, "challenger").version == 1
+    assert get_champion(mlflow.block) is None
+
+
+def test_gate_promote_record_and_announce(trained, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    mlflow = make_mlflow(tmp_path)
+    version = register_model_version(log(trained, mlflow), mlflow.block, {})
+    champion = evaluate_champion(None, trained[3], trained[1], SCHEMA, mlflow.block)
+    decision = decide_promotion(version, trained[5], champion, PromotionPolicy())
+    assert decision.promote
+    assert promote_model(decision, mlflow.block) is None  # there was no previous champion
+    assert mlflow.champion() == "1"
+    record_decision(decision, log(trained, mlflow), mlflow.block)
+    tags = mlflow.client().get_model_version(mlflow.model_name, "1").tags
+    assert tags[names.TAG_DECISION] == names.DECISION_PROMOTED
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert names.ARTIFACT_PROMOTION in keys
+
+    event_id = announce_promotion(decision)
+    found = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow.model_name))
+    assert [str(e.id) for e in found] == [event_id]
+    assert found[0].payload["version"] == "1"
+    assert set(found[0].payload["metrics"]) >= {"roc_auc", "f1", "accuracy", "log_loss"}
+
+
+def test_stale_comparison_is_refused(trained, tmp_path):
+    mlflow = make_mlflow(tmp_path)
+    version = register_model_version(log(trained, mlflow), mlflow.block, {})
+    decision = decide_promotion(
+        version, trained[5], ChampionEvaluation(champion=None), PromotionPolicy()
+    )
+    # Someone else promoted a champion after this run looked (and saw none).
+    mlflow.client().set_registered_model_alias(mlflow.model_name, "champion", "1")
+    mlflow.client().delete_registered_model_alias(mlflow.model_name, "champion")
+    mlflow.client().set_registered_model_alias(mlflow.model_name, "champion", version.version)
+    with pytest.raises(ChampionMovedError, match="moved from vNone to v1"):
+        promote_model(decision, mlflow.block)
+
+
+def test_champion_with_other_inputs_is_not_comparable(trained, tmp_path):
+    mlflow = make_mlflow(tmp_path)
+    version = register_model_version(log(trained, mlflow), mlflow.block, {})
+    holdout_without_plan = trained[3].drop(columns=["plan"])
+    evaluation = evaluate_champion(version, holdout_without_plan, trained[1], SCHEMA, mlflow.block)
+    assert evaluation.metrics is None
+    assert "needs inputs ['plan']" in evaluation.not_comparable_reason
