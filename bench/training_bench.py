@@ -1,0 +1,199 @@
+"""Training benchmark at 100k rows: cold vs warm (cached) flow runs, and the flow vs a plain
+script doing the same computation without Prefect, DVC or Feast.
+
+    make bench                    # or: .venv/bin/python bench/training_bench.py --repeats 3
+
+Targets (measured here, never asserted in tests): warm <= 10% of cold; flow <= 1.3x plain.
+Heavy libraries are imported and the MLflow store created before any timing starts, so the
+numbers compare run time, not import or database set-up time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._harness import PrefectServer, configure, median, table
+
+
+def plain_training(
+    labels_path: Path, feature_repo: Path, tracking_uri: str, artifacts: Path, name: str
+) -> float:
+    """The same computation as the flow with pandas, scikit-learn and MLflow only."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from driftloop.contracts import FeatureColumn, TableSchema
+    from driftloop.modeling import (
+        SKOPS_TRUSTED_TYPES,
+        build_pipeline,
+        feature_matrix,
+        score_probabilities,
+    )
+    from driftloop.params import GradientBoostingSpec
+    from driftloop.validation import check_training_frame
+    from tasks.log_to_mlflow import model_requirements
+
+    started = time.perf_counter()
+    labels = pd.read_parquet(labels_path).sort_values("event_timestamp")
+    data = feature_repo.parent / ".driftloop" / "feast" / "data"
+    frame = labels
+    views = {"customer_profile": 365, "customer_activity": 30}
+    columns: list[FeatureColumn] = []
+    for view, ttl_days in views.items():
+        features = pd.read_parquet(data / f"{view}.parquet").sort_values("event_timestamp")
+        feature_names = [c for c in features.columns
+                         if c not in ("customer_id", "event_timestamp", "created")]  # fmt: skip
+        features = features.rename(columns={"event_timestamp": f"{view}_ts"})
+        frame = pd.merge_asof(
+            frame.sort_values("event_timestamp"), features.drop(columns="created"),
+            left_on="event_timestamp", right_on=f"{view}_ts", by="customer_id",
+            tolerance=pd.Timedelta(days=ttl_days),
+        )  # fmt: skip
+        for feature in feature_names:
+            kind = "categorical" if features[feature].dtype == object else "numeric"
+            columns.append(FeatureColumn(name=feature, ref=f"{view}:{feature}", feast_type="-",
+                                         kind=kind))  # fmt: skip
+    schema = TableSchema(entity_columns=("customer_id",), timestamp_column="event_timestamp",
+                         label_column="churned")  # fmt: skip
+    check_training_frame(frame, schema, columns, "plain")
+    ordered = frame.sort_values(["event_timestamp", "customer_id"], kind="stable")
+    cutoff = ordered["event_timestamp"].iloc[int(len(ordered) * 0.8)]
+    train, holdout = (
+        ordered[ordered.event_timestamp < cutoff],
+        ordered[ordered.event_timestamp >= cutoff],
+    )
+    model = build_pipeline(GradientBoostingSpec(), columns, 0)
+    model.fit(feature_matrix(train, columns), train["churned"])
+    metrics = score_probabilities(
+        holdout["churned"], model.predict_proba(feature_matrix(holdout, columns))[:, 1]
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(name, artifact_location=str(artifacts / name))
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.log_metrics(metrics.as_dict())
+        example = feature_matrix(train.head(5), columns)
+        info = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(example, model.predict_proba(example)),
+            input_example=example, pip_requirements=model_requirements(),
+            serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pyfunc_predict_fn="predict_proba",
+        )  # fmt: skip
+    version = mlflow.register_model(info.model_uri, name).version
+    client.set_registered_model_alias(name, "champion", version)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000, help="labeled rows in the dataset")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    root = configure("bench-training")
+    state = root / ".driftloop"
+
+    # Import everything heavy up front: the timings below compare run time, not imports.
+    import feast  # noqa: F401
+    import mlflow
+    import mlflow.sklearn
+    import sklearn.ensemble  # noqa: F401
+
+    from blocks import DvcDataset, FeastFeatureStore, MlflowTracking
+    from driftloop.bootstrap import register_block_types
+    from driftloop.demo import DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
+    from driftloop.demo.setup import DemoConfig, prepare_demo
+    from driftloop.params import FeatureSelection
+    from driftloop.settings import get_settings
+    from flows.training import train
+
+    batches = 4
+    try:
+        with PrefectServer(root):
+            register_block_types()
+            settings = get_settings()
+            print(f"Preparing the demo with {args.rows} labeled rows...", flush=True)
+            with contextlib.redirect_stdout(io.StringIO()):
+                prepare_demo(settings, DemoConfig(rows_per_batch=args.rows // batches,
+                                                  initial_batches=batches))  # fmt: skip
+            DvcDataset(name="churn", repo=str(settings.data_registry_dir), path=DEMO_TABLE_PATH,
+                       label_column="churned").save("bench")  # fmt: skip
+            FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save("bench")
+
+            def flow_run(label: str) -> float:
+                kwargs = {
+                    "features": FeatureSelection(feature_service=DEMO_FEATURE_SERVICE),
+                    "dataset_block": "bench", "feast_block": "bench", "mlflow_block": label,
+                }  # fmt: skip
+                started = time.perf_counter()
+                state_ = train(**kwargs, return_state=True)
+                elapsed = time.perf_counter() - started
+                assert state_.is_completed(), state_.message
+                return elapsed
+
+            # One MLflow store, created before any timing (as a running MLflow server would
+            # be); every repeat registers a new model, so each cold run is a first promotion.
+            tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
+            mlflow.MlflowClient(tracking_uri).search_experiments()
+            # One untimed repeat warms Python's own caches (first Prefect client, first Feast
+            # registry read, first model save), which neither side should pay for.
+            colds, warms, plains = [], [], []
+            for i in range(args.repeats + 1):
+                shutil.rmtree(state / "results", ignore_errors=True)
+                MlflowTracking(
+                    tracking_uri=tracking_uri,
+                    artifact_location=str(state / "artifacts" / f"flow-{i}"),
+                    experiment_name=f"flow-{i}",
+                    registered_model_name=f"flow-model-{i}",
+                ).save(f"mlflow-{i}")
+                cold = flow_run(f"mlflow-{i}")
+                warm = flow_run(f"mlflow-{i}")
+                plain = plain_training(
+                    settings.data_registry_dir / DEMO_TABLE_PATH, settings.feature_repo_dir,
+                    tracking_uri, state / "artifacts", f"plain-{i}",
+                )  # fmt: skip
+                if i == 0:
+                    continue
+                colds.append(cold)
+                warms.append(warm)
+                plains.append(plain)
+                print(f"  repeat {i}: cold {cold:.2f}s, warm {warm:.2f}s, plain {plain:.2f}s",
+                      flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    cold, warm, plain = median(colds), median(warms), median(plains)
+    print()
+    print(
+        table(
+            [
+                ("measurement (median)", "seconds", "ratio / target"),
+                ("cold flow run (nothing cached)", f"{cold:.2f}", ""),
+                (
+                    "warm flow run (same inputs)",
+                    f"{warm:.2f}",
+                    f"warm/cold = {warm / cold:.1%} (target <= 10%)",
+                ),
+                ("plain script, same computation", f"{plain:.2f}", ""),
+                (
+                    "flow vs plain",
+                    f"{cold:.2f} vs {plain:.2f}",
+                    f"flow/plain = {cold / plain:.2f}x (target <= 1.3x)",
+                ),
+            ],
+            f"Training benchmark: {args.rows} rows, {args.repeats} repeats",
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
