@@ -3,8 +3,10 @@
 Register them with ``prefect block register -m blocks`` (``make up`` does this for you).
 """
 
+from blocks.drift import DriftPolicy
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
+from blocks.ray import RayCluster
 
-__all__ = ["DvcDataset", "FeastFeatureStore", "MlflowTracking"]
+__all__ = ["DriftPolicy", "DvcDataset", "FeastFeatureStore", "MlflowTracking", "RayCluster"]

@@ -6,12 +6,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
-from blocks import DvcDataset, FeastFeatureStore, MlflowTracking
+from blocks import DriftPolicy, DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
 from blocks._base import DriftloopBlock
 from driftloop import demo, names
 from driftloop.settings import DriftloopSettings
 
-BLOCK_TYPES: tuple[type[DriftloopBlock], ...] = (MlflowTracking, FeastFeatureStore, DvcDataset)
+BLOCK_TYPES: tuple[type[DriftloopBlock], ...] = (
+    MlflowTracking,
+    FeastFeatureStore,
+    DvcDataset,
+    RayCluster,
+    DriftPolicy,
+)
 
 
 def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock], DriftloopBlock]:
@@ -31,6 +37,10 @@ def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock],
             timestamp_column=demo.DEMO_TIMESTAMP,
             label_column=demo.DEMO_LABEL,
         ),
+        # No address: a local Ray per flow run, unless RAY_ADDRESS names a cluster.
+        RayCluster: RayCluster(),
+        # Evidently's automatic test choice; drift when 30% of the features drifted.
+        DriftPolicy: DriftPolicy(),
     }
 
 

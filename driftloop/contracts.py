@@ -83,6 +83,32 @@ class Metrics(_Value):
         return {k: float(v) for k, v in self.model_dump().items()}
 
 
+class TrialResult(_Value):
+    """One evaluated model-search trial, and where it ran."""
+
+    number: int
+    label: str
+    spec: dict[str, object]
+    score: float
+    metrics: Metrics
+    node_id: str
+    node_ip: str
+    attempt: int = 1
+    seconds: float
+
+
+class TrialOutcome(_Value):
+    """A trial as the search saw it: its result, or the state it ended in."""
+
+    number: int
+    label: str
+    spec: dict[str, object]
+    state: str
+    task_run_id: str
+    result: TrialResult | None = None
+    error: str | None = None
+
+
 class LoggedRun(_Value):
     """An MLflow run that holds a trained model."""
 
@@ -119,3 +145,48 @@ class PromotionDecision(_Value):
     challenger_metrics: Metrics
     champion: ModelVersionRef | None
     champion_metrics: Metrics | None
+
+
+class ColumnDrift(_Value):
+    """One column's drift test: its score, the method and threshold, and the verdict."""
+
+    column: str
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+
+
+class DriftResult(_Value):
+    """What a drift check found for the champion over one window of production features."""
+
+    model_name: str
+    champion_version: str
+    window_start: str
+    window_end: str
+    reference_rows: int
+    current_rows: int
+    drift_share: float = Field(description="Share of the features that drifted.")
+    drift_share_threshold: float
+    columns: tuple[ColumnDrift, ...]
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return [c.column for c in self.columns if c.drifted]
+
+    @property
+    def detected(self) -> bool:
+        return self.drift_share >= self.drift_share_threshold
+
+
+class ScoringResult(_Value):
+    """A batch of predictions written by the scoring flow."""
+
+    model_name: str
+    model_version: str
+    path: str
+    rows: int
+    rows_with_missing_features: int = Field(description="Rows with any feature null.")
+    rows_without_features: int = Field(description="Entities the online store had nothing for.")
+    score_quantiles: dict[str, float]
+    positive_share: float

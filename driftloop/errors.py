@@ -34,6 +34,14 @@ class ModelSignatureError(DriftloopInputError):
     """A model's input signature does not match the features it is given."""
 
 
+class NoChampionError(DriftloopInputError):
+    """A flow needs the champion model, and the registry has none yet."""
+
+
+class NotEnoughDataError(DriftloopInputError):
+    """A window or batch holds too few rows to act on."""
+
+
 @dataclass(frozen=True)
 class DataProblem:
     """One finding of data validation: which column, what is wrong, how many rows."""

@@ -27,6 +27,32 @@ def model_resource_id(model_name: str) -> str:
     return f"{MODEL_RESOURCE_PREFIX}{model_name}"
 
 
+# Payload keys of the events (the table in README.md, "Events").
+PAYLOAD_REV = "rev"
+PAYLOAD_MD5 = "md5"
+PAYLOAD_ROWS = "rows"
+PAYLOAD_PATH = "path"
+PAYLOAD_DRIFT_SHARE = "drift_share"
+PAYLOAD_DRIFTED_COLUMNS = "drifted_columns"
+PAYLOAD_CHAMPION_VERSION = "champion_version"
+PAYLOAD_WINDOW_START = "window_start"
+PAYLOAD_WINDOW_END = "window_end"
+
+# Why a training run started (`trigger.reason`), as the deployments' schedules and triggers
+# set it.
+REASON_MANUAL = "manual"
+REASON_SCHEDULE = "schedule"
+REASON_DATASET_UPDATED = EVENT_DATASET_UPDATED
+REASON_DRIFT_DETECTED = EVENT_DRIFT_DETECTED
+
+
+def seen_revision_variable(dataset_name: str, md5: str) -> str:
+    """Prefect Variable that records that a dataset revision was announced (one per content
+    hash): whoever creates it first emits `driftloop.dataset.updated`, nobody else does."""
+    safe = "".join(c if c.isalnum() else "_" for c in dataset_name.lower())
+    return f"driftloop_seen_{safe}_{md5}"[:255]
+
+
 # --- Block documents created for the embedded stack -----------------------------------------
 # One document per block type; editing it in the UI changes what the next run uses.
 DEFAULT_BLOCK = "default"
@@ -53,6 +79,12 @@ TAG_DECISION_REASON = "driftloop.decision.reason"
 TAG_GATE_METRIC = "driftloop.gate.metric"
 TAG_COMPARED_TO = "driftloop.gate.compared_to_version"
 
+TAG_TRIAL_NUMBER = "driftloop.trial.number"
+TAG_TRIAL_STATE = "driftloop.trial.state"
+TAG_TRIAL_NODE = "driftloop.trial.ray_node_id"
+TAG_TRIAL_ATTEMPT = "driftloop.trial.attempt"
+TAG_TRIAL_TASK_RUN = "driftloop.trial.task_run_id"
+
 DECISION_PROMOTED = "promoted"
 DECISION_REJECTED = "rejected"
 DECISION_ROLLED_BACK = "rolled_back"
@@ -63,6 +95,16 @@ REFERENCE_SAMPLE_ARTIFACT = "reference/training_features.parquet"
 
 # --- Prefect artifact keys (lowercase letters, digits and dashes only) ------------------------
 ARTIFACT_PROMOTION = "driftloop-promotion"
+ARTIFACT_TRIALS = "driftloop-trials"
+ARTIFACT_DRIFT = "driftloop-drift"
+ARTIFACT_SCORING = "driftloop-scoring"
+
+# --- MLflow experiments of the monitoring flows ---------------------------------------------
+DRIFT_RUN_PREFIX = "drift-check"
+DRIFT_REPORT_ARTIFACT = "drift/report.html"
+TAG_DRIFT_DETECTED = "driftloop.drift.detected"
+TAG_DRIFT_CHAMPION_VERSION = "driftloop.drift.champion_version"
+TAG_MODEL_NAME = "driftloop.model.name"
 
 # --- Deployment infrastructure ---------------------------------------------------------------
 WORK_POOL = "driftloop-process"

@@ -6,6 +6,7 @@ pydantic before a run starts.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -120,10 +121,63 @@ class PromotionPolicy(_Params):
     )
 
 
+class SearchPolicy(_Params):
+    """Model search: Optuna proposes trials in batches that run in parallel on Ray."""
+
+    n_trials: int = Field(
+        default=16, ge=0, le=1000, description="Trials to evaluate; 0 trains `model` as given."
+    )
+    parallelism: int = Field(
+        default=0, ge=0, le=1024, description="Trials per batch; 0 uses every CPU Ray has."
+    )
+    metric: Metric = Field(default="roc_auc", description="What the search optimises.")
+    families: list[ModelFamily] = Field(
+        default_factory=lambda: ["logistic_regression", "random_forest", "gradient_boosting"],
+        min_length=1,
+        description="Model families the search may choose from.",
+    )
+    validation_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=0.9,
+        description="Newest share of the training rows that trials are scored on.",
+    )
+    seed: int = Field(default=0, description="Seed of the search's sampler.")
+
+
 class TriggerContext(_Params):
     """Why a run was started; recorded as MLflow tags and shown in the Prefect UI."""
 
     reason: str = Field(default="manual", max_length=200, description="e.g. manual, schedule.")
     drifted_columns: list[str] = Field(
         default_factory=list, description="Columns a drift check flagged, if drift started it."
+    )
+
+
+class DriftWindow(_Params):
+    """The window of production features a drift check compares with the training reference."""
+
+    days: float = Field(default=7.0, gt=0, le=366, description="Length of the window in days.")
+    end: datetime | None = Field(
+        default=None,
+        description="End of the window (UTC). Empty: the newest feature timestamp in the "
+        "offline store, so the check always looks at the latest data.",
+    )
+    max_rows: int = Field(
+        default=20_000, ge=100, le=5_000_000, description="Newest rows of the window to test."
+    )
+
+
+class ScoringBatch(_Params):
+    """Which entities the scoring flow scores, and how it prepares the online store."""
+
+    entity_ids: list[int | str] = Field(
+        default_factory=list,
+        description="Entities to score. Empty: every entity of the dataset's newest rows "
+        "(up to `max_entities`).",
+    )
+    max_entities: int = Field(default=5000, ge=1, le=1_000_000)
+    materialize_first: bool = Field(
+        default=True,
+        description="Run Feast materialize_incremental before reading the online store.",
     )

@@ -1,12 +1,14 @@
 """Start, health-check and stop the embedded stack's processes, leaving no orphans behind.
 
-Each service runs in its own session (process group), so that stopping it reaches every
-process it started (MLflow's ``huey_consumer`` children, the flow runs of a Prefect worker).
+Each service runs in its own session, and stopping it signals every process of that session:
+MLflow's ``huey_consumer`` children, the flow runs of a Prefect worker, and the Ray processes a
+flow run starts (Ray puts its workers in process groups of their own, but not in new sessions).
 PID files under ``run/`` let ``driftloop down`` stop a stack whose supervisor was killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -69,8 +71,8 @@ def tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) PIDs whose process group is ``pgid``, from /proc."""
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) PIDs of session ``sid``, from /proc."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -78,15 +80,21 @@ def group_members(pgid: int) -> list[int]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
             members.append(int(stat.parent.name))
     return members
 
 
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group runs (an unreaped zombie does not count)."""
-    return bool(group_members(pgid))
+def session_alive(sid: int) -> bool:
+    """True while any process of the session runs (an unreaped zombie does not count)."""
+    return bool(session_members(sid))
+
+
+def signal_session(sid: int, sig: int) -> None:
+    for pid in session_members(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
 
 
 class Supervisor:
@@ -160,7 +168,7 @@ class Supervisor:
     def stop_all(self, timeout_s: float = 20.0) -> None:
         for service in reversed(self.services):
             if service.process is not None:
-                stop_group(
+                stop_session(
                     service.process.pid, service.term_signals, timeout_s, service.name, self.log
                 )
                 service.process.wait(timeout=5)
@@ -168,30 +176,27 @@ class Supervisor:
         self.services.clear()
 
 
-def stop_group(
-    pgid: int,
+def stop_session(
+    sid: int,
     term_signals: int,
     timeout_s: float,
     name: str,
     log: Callable[[str], None],
     reap: Callable[[], object] = lambda: None,
 ) -> None:
-    """SIGTERM a process group (as many times as the process needs), then SIGKILL leftovers.
+    """SIGTERM a session (as many times as its leader needs), then SIGKILL leftovers.
 
     ``reap`` lets the parent collect its exited child, which would otherwise linger as a zombie.
     """
 
     def alive() -> bool:
         reap()
-        return group_alive(pgid)
+        return session_alive(sid)
 
     if not alive():
         return
     for attempt in range(term_signals):
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
+        signal_session(sid, signal.SIGTERM)
         deadline = time.monotonic() + (timeout_s if attempt == term_signals - 1 else 2.0)
         while time.monotonic() < deadline and alive():
             time.sleep(0.1)
@@ -199,22 +204,19 @@ def stop_group(
             log(f"  stopped {name}")
             return
     log(f"  {name} did not stop within {timeout_s:.0f}s; killing it")
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+    signal_session(sid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and alive():
         time.sleep(0.1)
 
 
-def belongs_to(pgid: int, home: Path) -> bool:
-    """True if a process of the group was started by driftloop for this state folder.
+def belongs_to(sid: int, home: Path) -> bool:
+    """True if a process of the session was started by driftloop for this state folder.
 
     Guards `down` against a stale PID file whose number now belongs to someone else.
     """
     marker = f"DRIFTLOOP_HOME={home}".encode()
-    for pid in group_members(pgid):
+    for pid in session_members(sid):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
@@ -232,9 +234,9 @@ def stop_from_pid_files(run_dir: Path, home: Path, log: Callable[[str], None] = 
     files = sorted(run_dir.glob("*.pid"), key=lambda p: order.get(p.stem, -1))
     for pid_file in files:
         fields = pid_file.read_text().split()
-        pgid, term_signals = int(fields[0]), int(fields[1]) if len(fields) > 1 else 1
-        if group_alive(pgid) and belongs_to(pgid, home):
-            stop_group(pgid, term_signals, 20.0, pid_file.stem, log)
+        sid, term_signals = int(fields[0]), int(fields[1]) if len(fields) > 1 else 1
+        if session_alive(sid) and belongs_to(sid, home):
+            stop_session(sid, term_signals, 20.0, pid_file.stem, log)
             stopped += 1
         pid_file.unlink(missing_ok=True)
     return stopped
