@@ -1,9 +1,11 @@
-"""Training: DVC data + Feast features -> validated, evaluated model -> MLflow champion.
+"""Training: DVC data + Feast features -> model search on Ray -> MLflow champion.
 
     resolve dataset -> load labeled entities -> get historical features -> validate
-      -> split holdout -> train -> evaluate -> log to MLflow
+      -> split holdout -> search models (trials on Ray) -> train best (on Ray) -> evaluate
+      -> log to MLflow (run + one child run per trial)
       -> [transaction] register -> evaluate champion -> gate -> promote -> record -> announce
 
+Compute (trials, the final fit) runs on Ray; I/O and registry steps run in the flow process.
 Everything after registration runs in one Prefect transaction: if any step fails, rollback
 hooks restore the previous champion and challenger aliases.
 """
@@ -11,12 +13,14 @@ hooks restore the previous champion and challenger aliases.
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as runtime_flow_run
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
+from blocks.ray import RayCluster
 from driftloop import names
 from driftloop.lineage import lineage_tags
 from driftloop.params import (
@@ -25,9 +29,13 @@ from driftloop.params import (
     GradientBoostingSpec,
     ModelSpec,
     PromotionPolicy,
+    SearchPolicy,
     SplitPolicy,
     TriggerContext,
 )
+from driftloop.ray_runner import DriftloopRayTaskRunner, current_runner, submit_unless_cached
+from driftloop.search import best_outcome, spec_from_dict
+from flows.model_search import search_models
 from tasks.announce_promotion import announce_promotion
 from tasks.decide_promotion import decide_promotion
 from tasks.evaluate_champion import evaluate_champion, get_champion
@@ -35,7 +43,9 @@ from tasks.evaluate_model import evaluate_model
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.log_to_mlflow import log_to_mlflow
+from tasks.log_trials_to_mlflow import log_trials_to_mlflow
 from tasks.promote_model import promote_model
+from tasks.rank_trials import rank_trials
 from tasks.record_decision import record_decision
 from tasks.register_model import register_model_version
 from tasks.resolve_dataset import resolve_dataset
@@ -54,15 +64,20 @@ class TrainingResult(BaseModel):
     reason: str
     champion_version: str | None = Field(description="The champion after this run.")
     metrics: dict[str, float]
+    model: dict[str, object] = Field(description="Family and hyperparameters of the model.")
+    trials_completed: int = 0
+    trials_failed: int = 0
     mlflow_run_id: str
+    flow_run_id: str = Field(description="This training run in Prefect.")
     dataset_commit: str
     dataset_md5: str
 
 
-@flow(name="train-model", log_prints=True)
+@flow(name="train-model", log_prints=True, task_runner=DriftloopRayTaskRunner())
 def train(
     features: FeatureSelection,
     rev: str | None = None,
+    search: SearchPolicy = SearchPolicy(),
     model: ModelSpec = GradientBoostingSpec(),
     split: SplitPolicy = SplitPolicy(),
     quality: DataQualityPolicy = DataQualityPolicy(),
@@ -72,6 +87,7 @@ def train(
     dataset_block: str = names.DEFAULT_BLOCK,
     feast_block: str = names.DEFAULT_BLOCK,
     mlflow_block: str = names.DEFAULT_BLOCK,
+    ray_block: str = names.DEFAULT_BLOCK,
 ) -> TrainingResult:
     """Train a model on a DVC dataset revision with Feast features and promote it in MLflow
     only if it beats the current champion on the same holdout.
@@ -79,7 +95,8 @@ def train(
     Args:
         features: The Feast feature service or feature refs to train on.
         rev: Git revision of the dataset (tag, branch or commit); the block's default if empty.
-        model: Model family and hyperparameters.
+        search: Model search (trials, parallelism, metric); with 0 trials `model` is trained.
+        model: Model family and hyperparameters, used when the search is off.
         split: Time-aware holdout.
         quality: Limits on nulls after the feature join.
         gate: Metric, margin and floor for promotion.
@@ -88,11 +105,15 @@ def train(
         dataset_block: Name of the `driftloop-dvc-dataset` block with the labeled entity table.
         feast_block: Name of the `driftloop-feast` block.
         mlflow_block: Name of the `driftloop-mlflow` block.
+        ray_block: Name of the `driftloop-ray` block (where tasks run).
     """
     logger = get_run_logger()
     dataset_cfg = DvcDataset.load_named(dataset_block)
     feast_cfg = FeastFeatureStore.load_named(feast_block)
     mlflow_cfg = MlflowTracking.load_named(mlflow_block)
+    ray_cfg = RayCluster.load_named(ray_block)
+    if runner := current_runner():
+        runner.configure(ray_cfg)
     schema = dataset_cfg.table_schema()
 
     dataset = resolve_dataset(dataset_cfg.location(rev))
@@ -101,21 +122,23 @@ def train(
     frame = get_historical_features(entities, dataset, resolved, schema, feast_cfg, quality)
     validate_training_data(frame, dataset, resolved, schema)
     train_rows, holdout = split_holdout(frame, schema, split)
-    fitted = train_model(train_rows, resolved, schema, model, random_state)
+    trials = []
+    if search.n_trials:
+        trials = search_models(train_rows, resolved, schema, search, ray_cfg, random_state)
+        rank_trials(trials, search.metric)
+        model = spec_from_dict(best_outcome(trials, search).spec)
+    fitted = submit_unless_cached(
+        train_model,
+        {"train": train_rows, "features": resolved, "schema": schema, "spec": model,
+         "random_state": random_state},
+    ).result()  # fmt: skip
     metrics = evaluate_model(fitted, holdout, resolved, schema)
     run = log_to_mlflow(
-        fitted,
-        train_rows,
-        mlflow_cfg,
-        dataset,
-        resolved,
-        schema,
-        model,
-        random_state,
-        split,
-        metrics,
-        trigger,
-    )
+        fitted, train_rows, mlflow_cfg, dataset, resolved, schema, model, random_state, split,
+        metrics, trigger,
+    )  # fmt: skip
+    if trials:
+        log_trials_to_mlflow(run, trials, mlflow_cfg)
 
     with transaction():
         version = register_model_version(run, mlflow_cfg, lineage_tags(dataset, resolved, trigger))
@@ -140,7 +163,11 @@ def train(
         reason=decision.reason,
         champion_version=champion_now,
         metrics=metrics.as_dict(),
+        model=model.model_dump(),
+        trials_completed=sum(1 for t in trials if t.result),
+        trials_failed=sum(1 for t in trials if not t.result),
         mlflow_run_id=run.run_id,
+        flow_run_id=str(runtime_flow_run.get_id()),
         dataset_commit=dataset.commit,
         dataset_md5=dataset.md5,
     )

@@ -112,7 +112,7 @@ def log_to_mlflow(
                 digest=dataset.md5[:16],
                 targets=schema.label_column,
             )
-        mlflow_lib.log_input(dataset_input, context="training")
+            mlflow_lib.log_input(dataset_input, context="training")
         example = matrix.dropna().head(5) if matrix.notna().all(axis=1).any() else matrix.head(5)
         signature = infer_signature(example, model.predict_proba(example))
         info = mlflow_lib.sklearn.log_model(
