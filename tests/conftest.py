@@ -45,6 +45,7 @@ os.environ.update(
         "DVC_SITE_CACHE_DIR": str(STATE / "cache" / "dvc"),
         "MPLCONFIGDIR": str(STATE / "cache" / "matplotlib"),
         "GIT_CONFIG_NOSYSTEM": "1",
+        "RAY_AUTH_MODE": "disabled",
     }
 )
 for folder in (ROOT / "home", STATE / "prefect", STATE / "logs"):
@@ -64,6 +65,9 @@ def prefect_server() -> PrefectServer:
     from driftloop.bootstrap import register_block_types
 
     register_block_types()
+    from blocks import RayCluster
+
+    RayCluster().save("default")  # the flows' default: local Ray (here: the session's)
     yield server
     # Flush logs and events still queued for the API before it goes away.
     from prefect.events.worker import EventsWorker
@@ -98,10 +102,12 @@ class Demo:
 
     def train_kwargs(self, mlflow: MlflowSetup, **overrides: object) -> dict[str, object]:
         from driftloop.demo import DEMO_FEATURE_SERVICE
-        from driftloop.params import FeatureSelection
+        from driftloop.params import FeatureSelection, SearchPolicy
 
         kwargs: dict[str, object] = {
             "features": FeatureSelection(feature_service=DEMO_FEATURE_SERVICE),
+            # Tests train the explicit `model` unless they are about the search.
+            "search": SearchPolicy(n_trials=0),
             "dataset_block": self.dataset_block,
             "feast_block": self.feast_block,
             "mlflow_block": mlflow.block_name,
@@ -111,7 +117,59 @@ class Demo:
 
 
 @pytest.fixture(scope="session")
-def demo(prefect_server: PrefectServer) -> Demo:
+def ray_session(prefect_server: PrefectServer):
+    """One local Ray for the session, started in this process: flows run here reuse it (as
+    prefect-ray does with an initialized Ray) instead of starting their own."""
+    import ray
+
+    from driftloop.settings import TELEMETRY_OFF as quiet
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(STATE / "ray"),
+        namespace="prefect",
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(quiet)},
+    )
+    yield
+    ray.shutdown()
+
+
+def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: int = 3) -> Demo:
+    """A private demo (registry, feature repo copy, blocks) under ``root``, for tests that add
+    batches and must not change the session's shared demo."""
+    from blocks import DvcDataset, FeastFeatureStore
+    from driftloop import demo as demo_names
+    from driftloop.demo.setup import DemoConfig, demo_registry, prepare_demo
+    from driftloop.settings import DriftloopSettings
+    from tests.helpers import quietly
+
+    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
+    settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
+    with quietly():
+        revisions = prepare_demo(
+            settings, DemoConfig(rows_per_batch=rows_per_batch, initial_batches=batches)
+        )
+    dataset_block, feast_block = unique("own"), unique("own")
+    DvcDataset(
+        name=unique("dataset"),
+        repo=str(settings.data_registry_dir),
+        path=demo_names.DEMO_TABLE_PATH,
+        label_column=demo_names.DEMO_LABEL,
+    ).save(dataset_block)
+    FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast_block)
+    return Demo(
+        settings=settings,
+        registry=demo_registry(settings),
+        tags=[r.tag for r in revisions],
+        dataset_block=dataset_block,
+        feast_block=feast_block,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo(prefect_server: PrefectServer, ray_session: None) -> Demo:
     from blocks import DvcDataset, FeastFeatureStore
     from driftloop import demo as demo_names
     from driftloop.demo.setup import DemoConfig, demo_registry, prepare_demo

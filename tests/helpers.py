@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -171,3 +172,104 @@ def retries_used(state: Any) -> int:
     with get_client(sync_client=True) as client:
         run = client.read_task_run(state.state_details.task_run_id)
     return run.run_count - 1
+
+
+class RayNodes:
+    """A real Ray cluster on this machine: `ray start --head`, then worker nodes.
+
+    Each node runs in its own session, so a test can kill one node outright and stop
+    the rest cleanly (never `ray stop`, which would stop every Ray on the machine).
+    """
+
+    def __init__(self, temp_dir: Path, log_dir: Path):
+        self.temp_dir = temp_dir
+        self.log_dir = log_dir
+        self.nodes: dict[str, subprocess.Popen[bytes]] = {}
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _start(self, name: str, args: list[str]) -> int:
+        env = {**os.environ, **TELEMETRY_OFF, "RAY_AUTH_MODE": "disabled"}
+        env.pop("RAY_ADDRESS", None)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with (self.log_dir / f"ray-{name}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "ray"), "start", *args,
+                 "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        if process.wait(timeout=120) != 0:
+            raise RuntimeError(
+                f"ray start ({name}) failed: {(self.log_dir / f'ray-{name}.log').read_text()}"
+            )
+        self.nodes[name] = process
+        return process.pid
+
+    def start_head(self, num_cpus: int = 1) -> str:
+        import socket
+
+        def free() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        self.port = free()
+        self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
+                             "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
+                             "--ray-client-server-port", str(free()),
+                             "--dashboard-agent-listen-port", str(free())])  # fmt: skip
+        return self.address
+
+    def add_worker(self, name: str = "worker", num_cpus: int = 1) -> int:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            agent_port = sock.getsockname()[1]
+        return self._start(name, ["--address", self.address, "--num-cpus", str(num_cpus),
+                                  "--dashboard-agent-listen-port", str(agent_port)])  # fmt: skip
+
+    def processes(self, name: str) -> list[int]:
+        from driftloop.supervisor import session_members
+
+        return session_members(self.nodes[name].pid)
+
+    def kill(self, name: str) -> None:
+        """Kill every process of a node at once, as a machine failure would."""
+        import signal
+
+        for pid in self.processes(name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.nodes)):
+            self.stop_node(name)
+
+    def stop_node(self, name: str) -> None:
+        """SIGTERM the node's processes; whatever is still there after 5 s is killed."""
+        from driftloop.supervisor import stop_session
+
+        process = self.nodes.pop(name)
+        stop_session(process.pid, 1, 5, f"ray {name}", lambda _: None)
+
+
+def run_training_subprocess(kwargs: dict[str, Any], env: dict[str, str], timeout: float = 600):
+    """Run the training flow in a fresh process (as a worker would) and return its result."""
+    import json
+
+    from driftloop.settings import PROJECT_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.run_training", json.dumps(kwargs)],
+        env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise AssertionError(
+            f"training subprocess failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])

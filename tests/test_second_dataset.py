@@ -14,7 +14,12 @@ from blocks import DvcDataset, FeastFeatureStore
 from driftloop import names
 from driftloop.demo.registry import DataRegistry
 from driftloop.demo.setup import feast_apply
-from driftloop.params import FeatureSelection, LogisticRegressionSpec, PromotionPolicy
+from driftloop.params import (
+    FeatureSelection,
+    LogisticRegressionSpec,
+    PromotionPolicy,
+    SearchPolicy,
+)
 from flows.training import train
 from tests.helpers import make_mlflow, quietly, unique
 
@@ -50,7 +55,7 @@ REPO = textwrap.dedent(
 
 
 @pytest.fixture
-def lending(tmp_path, prefect_server):
+def lending(tmp_path, prefect_server, ray_session):
     rng = np.random.default_rng(0)
     n = 2000
     ids = [f"acct-{i:05d}" for i in range(n)]
@@ -109,6 +114,7 @@ def test_training_flow_runs_on_another_dataset_shape(lending, tmp_path):
     mlflow = make_mlflow(tmp_path / "mlflow", model_name="default-model")
     state = train(
         features=FeatureSelection(features=FEATURES),
+        search=SearchPolicy(n_trials=4, families=["logistic_regression", "random_forest"]),
         model=LogisticRegressionSpec(C=0.5),
         gate=PromotionPolicy(floor=0.6),
         dataset_block=dataset,

@@ -1,0 +1,181 @@
+"""Scale-out for real: a 2-node Ray cluster on this machine, reached through RAY_ADDRESS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from driftloop import names
+from driftloop.settings import PROJECT_ROOT
+from tests.helpers import RayNodes, make_mlflow, run_training_subprocess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def big_demo(prefect_server, tmp_path_factory):
+    """A larger demo (24k labeled rows) so that trials take seconds, not milliseconds."""
+    from blocks import DvcDataset, FeastFeatureStore
+    from driftloop import demo as demo_names
+    from driftloop.demo.setup import DemoConfig, prepare_demo
+    from driftloop.settings import DriftloopSettings
+    from tests.helpers import quietly, unique
+
+    root = tmp_path_factory.mktemp("big-demo")
+    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
+    settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
+    with quietly():
+        prepare_demo(settings, DemoConfig(rows_per_batch=8000, initial_batches=3))
+    dataset, feast = unique("big"), unique("big")
+    DvcDataset(name="churn", repo=str(settings.data_registry_dir), path=demo_names.DEMO_TABLE_PATH,
+               label_column=demo_names.DEMO_LABEL).save(dataset)  # fmt: skip
+    FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast)
+    return dataset, feast
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """The cluster's head node (1 CPU), shared by this module's tests."""
+    # Ray's socket paths must stay short: keep the cluster's temp dir near the root.
+    temp_dir = Path(tempfile.mkdtemp(prefix="dlray-", dir="/tmp"))
+    nodes = RayNodes(temp_dir=temp_dir, log_dir=tmp_path_factory.mktemp("ray-logs"))
+    nodes.start_head(num_cpus=1)
+    sessions = [nodes.nodes["head"].pid]
+    yield nodes, sessions
+    nodes.stop()
+    from driftloop.supervisor import session_alive
+
+    assert not any(session_alive(s) for s in sessions), "Ray processes were left behind"
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(head):
+    """Head plus a fresh worker node (1 CPU) for each test; a test may kill its worker."""
+    nodes, sessions = head
+    sessions.append(nodes.add_worker("worker", num_cpus=1))
+    yield nodes
+    if "worker" in nodes.nodes:
+        nodes.stop_node("worker")
+
+
+def _kwargs(big_demo, mlflow, **search):
+    dataset, feast = big_demo
+    return {
+        "features": {"feature_service": "churn_model_v1"},
+        "search": {"n_trials": 6, "parallelism": 2, **search},
+        "dataset_block": dataset,
+        "feast_block": feast,
+        "mlflow_block": mlflow.block_name,
+    }
+
+
+def _env(cluster: RayNodes) -> dict[str, str]:
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    env.pop("RAY_AUTH_MODE", None)  # the cluster was started with auth disabled
+    return env
+
+
+def _children(mlflow, run_id: str):
+    client = mlflow.client()
+    experiment = client.get_run(run_id).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def test_trials_run_on_both_nodes_of_a_cluster(big_demo, cluster, tmp_path):
+    mlflow = make_mlflow(tmp_path / "mlflow")
+    result = run_training_subprocess(_kwargs(big_demo, mlflow), _env(cluster))
+    assert result["trials_completed"] == 6 and result["promoted"]
+    nodes = {
+        child.data.tags[names.TAG_TRIAL_NODE]
+        for child in _children(mlflow, result["mlflow_run_id"])
+    }
+    assert len(nodes) == 2, f"trials ran on {nodes}, expected both nodes"
+
+
+def _worker_is_running_a_trial(cluster: RayNodes) -> bool:
+    """A Ray worker of the worker node is executing a trial: Ray titles the process after the
+    task it runs (`ray::evaluate-trial`)."""
+    for pid in cluster.processes("worker"):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::evaluate-trial"):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("ray_retries", [2, 0], ids=["ray-retries", "no-ray-retries"])
+def test_a_node_dying_mid_search_loses_no_trial(big_demo, cluster, tmp_path, ray_retries):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from blocks import RayCluster
+    from tests.helpers import unique
+
+    mlflow = make_mlflow(tmp_path / "mlflow")
+    ray_block = unique("ray")
+    RayCluster(max_retries_on_worker_death=ray_retries).save(ray_block)
+    # A seed of its own: trials must really run, not come from the other variant's cache.
+    kwargs = _kwargs(
+        big_demo, mlflow, n_trials=8, seed=100 + ray_retries,
+        families=["random_forest", "gradient_boosting"],
+    )  # fmt: skip
+    kwargs["ray_block"] = ray_block
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "tests.run_training", json.dumps(kwargs)],
+        env=_env(cluster), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not _worker_is_running_a_trial(cluster):
+        assert flow.poll() is None, ("the search ended before a trial ran on the worker",
+                                     flow.communicate())  # fmt: skip
+        assert time.monotonic() < deadline, "no trial ever started on the worker node"
+        time.sleep(0.02)
+    cluster.kill("worker")  # the whole node, mid-trial
+
+    stdout, stderr = flow.communicate(timeout=600)
+    assert flow.returncode == 0, stderr[-4000:]
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(lines[-1][len("RESULT ") :])
+
+    # Every trial is accounted for: completed (re-run elsewhere) or visibly failed.
+    assert result["trials_completed"] + result["trials_failed"] == 8
+    children = _children(mlflow, result["mlflow_run_id"])
+    assert sorted(int(c.data.tags[names.TAG_TRIAL_NUMBER]) for c in children) == list(range(8))
+    retried = [c for c in children if c.data.tags.get(names.TAG_TRIAL_ATTEMPT, "1") != "1"]
+    failed = [
+        c for c in children if c.data.tags[names.TAG_TRIAL_STATE] not in ("Completed", "Cached")
+    ]
+    if ray_retries:
+        # Ray re-ran the killed trial on the surviving node, and the trial says so.
+        assert len(retried) == 1 and not failed, (retried, failed)
+        assert retried[0].data.tags[names.TAG_TRIAL_ATTEMPT] == "2"
+    else:
+        # Without retries the trial fails, visibly, and the search goes on without it.
+        assert len(failed) == 1 and not retried, (retried, failed)
+        assert failed[0].data.tags[names.TAG_TRIAL_STATE] == "Crashed"
+        assert result["trials_failed"] == 1
+
+    # No trial is left looking like it is still running.
+    flow_run_id = result["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    trials = [r for r in runs if r.name.startswith("trial-")]
+    assert len(trials) == 8
+    assert all(r.state.is_final() for r in trials), [(r.name, r.state.name) for r in trials]
+    if not ray_retries:
+        (crashed,) = [r for r in trials if r.state.is_crashed()]
+        assert "Ray could not finish the trial" in crashed.state.message
