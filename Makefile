@@ -26,7 +26,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_CACHE_DIR := $(CURDIR)/$(STATE)/cache/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: help install up down test pytest lint format batch drift bench prefect.yaml deploy worker feast clean distclean
+.PHONY: help install up down test pytest lint format batch drift bench bench-ray prefect.yaml deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -70,8 +70,11 @@ batch: install ## add a batch to the demo data registry (ARGS="--rows 2000 --shi
 drift: install ## add a clearly drifted batch to the demo data registry
 	$(BIN)/driftloop add-batch --drift $(ARGS)
 
-bench: install ## run the benchmarks in bench/ and print their tables
+bench: install ## training benchmark: cold vs warm flow, flow vs plain script (bench/training_bench.py)
 	$(BIN)/python bench/training_bench.py $(ARGS)
+
+bench-ray: install ## Ray benchmark: trials sequential vs on the RayTaskRunner (bench/ray_bench.py)
+	$(BIN)/python bench/ray_bench.py $(ARGS)
 
 prefect.yaml: install ## render prefect.yaml from deployments/
 	$(BIN)/python -m deployments.render

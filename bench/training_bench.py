@@ -3,6 +3,9 @@ script doing the same computation without Prefect, DVC or Feast.
 
     make bench                    # or: .venv/bin/python bench/training_bench.py --repeats 3
 
+The flow runs its default model search (16 trials on a local Ray); the plain script runs the
+same trials (same sampler, seed and batches) one after another, then the same final fit.
+
 Targets (measured here, never asserted in tests): warm <= 10% of cold; flow <= 1.3x plain.
 Heavy libraries are imported and the MLflow store created before any timing starts, so the
 numbers compare run time, not import or database set-up time.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import shutil
 import sys
 import time
@@ -24,22 +28,29 @@ from bench._harness import PrefectServer, configure, median, table
 
 
 def plain_training(
-    labels_path: Path, feature_repo: Path, tracking_uri: str, artifacts: Path, name: str
+    labels_path: Path,
+    feature_repo: Path,
+    tracking_uri: str,
+    artifacts: Path,
+    name: str,
+    parallelism: int,
 ) -> float:
     """The same computation as the flow with pandas, scikit-learn and MLflow only."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from driftloop.contracts import FeatureColumn, TableSchema
+    from driftloop.contracts import FeatureColumn, ResolvedFeatures, TableSchema
     from driftloop.modeling import (
         SKOPS_TRUSTED_TYPES,
         build_pipeline,
         feature_matrix,
         score_probabilities,
     )
-    from driftloop.params import GradientBoostingSpec
+    from driftloop.params import SearchPolicy
+    from driftloop.search import create_study, suggest_spec
     from driftloop.validation import check_training_frame
+    from tasks.evaluate_trial import fit_and_score
     from tasks.log_to_mlflow import model_requirements
 
     started = time.perf_counter()
@@ -71,7 +82,22 @@ def plain_training(
         ordered[ordered.event_timestamp < cutoff],
         ordered[ordered.event_timestamp >= cutoff],
     )
-    model = build_pipeline(GradientBoostingSpec(), columns, 0)
+    # The same search as the flow (same sampler, seed and batches), one trial after another.
+    policy = SearchPolicy()
+    study = create_study(policy)
+    resolved = ResolvedFeatures(
+        project="plain", feature_service=None, columns=tuple(columns), fingerprint="plain"
+    )
+    scored = []
+    while len(scored) < policy.n_trials:
+        batch = [study.ask() for _ in range(min(parallelism, policy.n_trials - len(scored)))]
+        specs = [suggest_spec(trial, policy) for trial in batch]
+        for trial, spec in zip(batch, specs, strict=True):
+            metrics = fit_and_score(train, resolved, schema, spec, policy.validation_fraction, 0)
+            study.tell(trial, metrics.roc_auc)
+            scored.append((metrics.roc_auc, spec))
+    best = max(scored, key=lambda pair: pair[0])[1]
+    model = build_pipeline(best, columns, 0)
     model.fit(feature_matrix(train, columns), train["churned"])
     metrics = score_probabilities(
         holdout["churned"], model.predict_proba(feature_matrix(holdout, columns))[:, 1]
@@ -107,7 +133,7 @@ def main() -> int:
     import mlflow.sklearn
     import sklearn.ensemble  # noqa: F401
 
-    from blocks import DvcDataset, FeastFeatureStore, MlflowTracking
+    from blocks import DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
     from driftloop.bootstrap import register_block_types
     from driftloop.demo import DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
     from driftloop.demo.setup import DemoConfig, prepare_demo
@@ -127,6 +153,7 @@ def main() -> int:
             DvcDataset(name="churn", repo=str(settings.data_registry_dir), path=DEMO_TABLE_PATH,
                        label_column="churned").save("bench")  # fmt: skip
             FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save("bench")
+            RayCluster().save("default")  # the embedded default: a local Ray per flow run
 
             def flow_run(label: str) -> float:
                 kwargs = {
@@ -157,9 +184,13 @@ def main() -> int:
                 cold = flow_run(f"mlflow-{i}")
                 warm = flow_run(f"mlflow-{i}")
                 plain = plain_training(
-                    settings.data_registry_dir / DEMO_TABLE_PATH, settings.feature_repo_dir,
-                    tracking_uri, state / "artifacts", f"plain-{i}",
-                )  # fmt: skip
+                    settings.data_registry_dir / DEMO_TABLE_PATH,
+                    settings.feature_repo_dir,
+                    tracking_uri,
+                    state / "artifacts",
+                    f"plain-{i}",
+                    parallelism=os.cpu_count() or 1,
+                )
                 if i == 0:
                     continue
                 colds.append(cold)
