@@ -1,0 +1,76 @@
+"""Batch scoring: the champion scores entities on their online features.
+
+find champion -> its features (lineage) -> load the model, check its signature
+  -> select entities -> materialize the online store -> get online features
+  -> score -> write predictions (parquet, per model version and run time) -> summary
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from blocks.dvc import DvcDataset
+from blocks.feast import FeastFeatureStore
+from blocks.mlflow import MlflowTracking
+from driftloop import names
+from driftloop.contracts import ScoringResult
+from driftloop.params import FeatureSelection, ScoringBatch
+from driftloop.ray_runner import DriftloopRayTaskRunner
+from driftloop.settings import get_settings
+from tasks.get_online_features import get_online_features
+from tasks.load_champion_model import load_champion_model
+from tasks.load_champion_reference import find_champion, load_champion_reference
+from tasks.load_labeled_entities import load_labeled_entities
+from tasks.materialize_features import materialize_features
+from tasks.publish_scoring_summary import publish_scoring_summary
+from tasks.resolve_dataset import resolve_dataset
+from tasks.resolve_features import resolve_features
+from tasks.select_entities import select_entities
+from tasks.write_predictions import score_entities, write_predictions
+
+
+@flow(name="score-batch", log_prints=True, task_runner=DriftloopRayTaskRunner())
+def score_batch(
+    batch: ScoringBatch = ScoringBatch(),
+    features: FeatureSelection | None = None,
+    output_dir: str | None = None,
+    dataset_block: str = names.DEFAULT_BLOCK,
+    feast_block: str = names.DEFAULT_BLOCK,
+    mlflow_block: str = names.DEFAULT_BLOCK,
+) -> ScoringResult:
+    """Score entities with `models:/<name>@champion` on features from the Feast online store
+    and write the predictions as parquet.
+
+    Args:
+        batch: Which entities to score, and whether to materialize the online store first.
+        features: Features to score on; empty uses the champion's own (its lineage tags). A
+            model whose signature does not match them is refused.
+        output_dir: Root of the predictions; empty uses `<state folder>/predictions`.
+        dataset_block: Name of the `driftloop-dvc-dataset` block (where entities come from).
+        feast_block: Name of the `driftloop-feast` block.
+        mlflow_block: Name of the `driftloop-mlflow` block.
+    """
+    dataset_cfg = DvcDataset.load_named(dataset_block)
+    feast_cfg = FeastFeatureStore.load_named(feast_block)
+    mlflow_cfg = MlflowTracking.load_named(mlflow_block)
+    schema = dataset_cfg.table_schema()
+
+    champion = find_champion(mlflow_cfg)
+    _, lineage = load_champion_reference(champion, mlflow_cfg)
+    resolved = resolve_features(feast_cfg, features or lineage)
+    model = load_champion_model(champion, mlflow_cfg, resolved)
+    table = None
+    if not batch.entity_ids:
+        dataset = resolve_dataset(dataset_cfg.location())
+        table = load_labeled_entities(dataset, schema)
+    entities = select_entities(batch, schema, table)
+    if batch.materialize_first:
+        materialize_features(feast_cfg)
+    frame = get_online_features(feast_cfg, resolved, entities)
+    scored = score_entities(model, frame, resolved, list(schema.entity_columns))
+    root = Path(output_dir) if output_dir else get_settings().predictions_dir
+    result = write_predictions(scored, champion, resolved, root)
+    publish_scoring_summary(result)
+    return result

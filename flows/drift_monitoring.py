@@ -1,0 +1,63 @@
+"""Drift monitoring: the champion's training reference against the latest production features.
+
+find champion -> load its training reference -> resolve its features
+  -> get the feature window (Feast offline store) -> measure drift (Evidently)
+  -> log the report to MLflow -> publish the drift table -> announce detected / checked
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow
+
+from blocks.drift import DriftPolicy
+from blocks.feast import FeastFeatureStore
+from blocks.mlflow import MlflowTracking
+from driftloop import names
+from driftloop.contracts import DriftResult
+from driftloop.params import DriftWindow
+from driftloop.ray_runner import DriftloopRayTaskRunner
+from tasks.announce_drift import announce_drift
+from tasks.get_feature_window import get_feature_window
+from tasks.load_champion_reference import find_champion, load_champion_reference
+from tasks.log_drift_report import log_drift_report
+from tasks.measure_drift import measure_drift
+from tasks.publish_drift_summary import publish_drift_summary
+from tasks.resolve_features import resolve_features
+
+
+@flow(name="monitor-drift", log_prints=True, task_runner=DriftloopRayTaskRunner())
+def monitor_drift(
+    window: DriftWindow = DriftWindow(),
+    drift_block: str = names.DEFAULT_BLOCK,
+    feast_block: str = names.DEFAULT_BLOCK,
+    mlflow_block: str = names.DEFAULT_BLOCK,
+) -> DriftResult:
+    """Check the champion's features for drift over a window of production data and emit
+    `driftloop.drift.detected` or `driftloop.drift.checked`.
+
+    Args:
+        window: The window of production features (default: the newest 7 days of data).
+        drift_block: Name of the `driftloop-drift-policy` block (tests, thresholds, share).
+        feast_block: Name of the `driftloop-feast` block.
+        mlflow_block: Name of the `driftloop-mlflow` block (model, and where reports go).
+    """
+    policy = DriftPolicy.load_named(drift_block)
+    feast_cfg = FeastFeatureStore.load_named(feast_block)
+    mlflow_cfg = MlflowTracking.load_named(mlflow_block)
+
+    champion = find_champion(mlflow_cfg)
+    reference, selection = load_champion_reference(champion, mlflow_cfg)
+    features = resolve_features(feast_cfg, selection)
+    current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)
+    with tempfile.TemporaryDirectory(prefix="driftloop-drift-") as tmp:
+        result, report = measure_drift(
+            reference, current, features, policy, champion,
+            (start.isoformat(), end.isoformat()), Path(tmp),
+        )  # fmt: skip
+        logged = log_drift_report(result, report, mlflow_cfg)
+    publish_drift_summary(result, logged)
+    announce_drift(result)
+    return result
