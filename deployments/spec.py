@@ -10,13 +10,52 @@ from driftloop import names
 
 @dataclass(frozen=True)
 class Schedule:
-    """A cron schedule (Prefect evaluates it in `timezone`)."""
+    """A cron schedule (Prefect evaluates it in `timezone`), with parameters for its runs."""
 
     cron: str
+    slug: str
     timezone: str = "UTC"
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def to_yaml(self) -> dict[str, Any]:
-        return {"cron": self.cron, "timezone": self.timezone, "active": True}
+        entry: dict[str, Any] = {
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "slug": self.slug,
+            "active": True,
+        }
+        if self.parameters:
+            entry["parameters"] = self.parameters
+        return entry
+
+
+@dataclass(frozen=True)
+class EventTrigger:
+    """Start a run of the deployment when an event arrives (a Prefect deployment trigger).
+
+    `parameters` may use Jinja on the event (``"{{ event.payload.rev }}"``); a template that
+    is a single expression keeps the value's type (a list stays a list).
+    """
+
+    name: str
+    event: str
+    resource_id: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "type": "event",
+            "enabled": True,
+            "match": {"prefect.resource.id": self.resource_id},
+            "expect": [self.event],
+            "posture": "Reactive",
+            "threshold": 1,
+            "within": 0,
+            "parameters": self.parameters,
+        }
 
 
 @dataclass(frozen=True)
@@ -24,11 +63,14 @@ class DeploymentSpec:
     """Everything `prefect deploy` needs to know about one deployment."""
 
     name: str
+    # A module path (`flows.training.train`), not a file path: the flow's module then has the
+    # same importable name in the worker's flow-run process and in every Ray worker, which
+    # must unpickle references to it. A file-path entrypoint would load it as `training`.
     entrypoint: str
     description: str
     parameters: dict[str, Any] = field(default_factory=dict)
     schedules: tuple[Schedule, ...] = ()
-    triggers: tuple[dict[str, Any], ...] = ()
+    triggers: tuple[EventTrigger, ...] = ()
     concurrency_limit: int | None = None
     collision_strategy: str | None = None
     tags: tuple[str, ...] = ()
@@ -41,8 +83,8 @@ class DeploymentSpec:
 
         from driftloop.settings import PROJECT_ROOT
 
-        path, function = self.entrypoint.split(":")
-        tree = ast.parse((PROJECT_ROOT / Path(path)).read_text())
+        module, function = self.entrypoint.rsplit(".", 1)
+        tree = ast.parse((PROJECT_ROOT / Path(*module.split("."))).with_suffix(".py").read_text())
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name == function:
                 for decorator in node.decorator_list:
@@ -74,5 +116,5 @@ class DeploymentSpec:
                 "collision_strategy": self.collision_strategy or "ENQUEUE",
             }
         if self.triggers:
-            entry["triggers"] = list(self.triggers)
+            entry["triggers"] = [t.to_yaml() for t in self.triggers]
         return entry

@@ -19,6 +19,31 @@ def _parse_shift(values: list[str]) -> dict[str, float]:
     return shifts
 
 
+def _announce(revision) -> None:
+    """What a post-push hook in a data repo does: tell Prefect a new revision exists. Shares
+    the new-data check's once-per-revision claim, so the revision gives one event either way."""
+    from blocks.dvc import DvcDataset
+    from driftloop import names
+    from driftloop.dataset_events import announce_revision
+
+    try:
+        dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
+        event_id = announce_revision(
+            dataset.name, revision.commit, revision.md5, revision.rows, revision.path,
+            by="driftloop add-batch",
+        )  # fmt: skip
+    except Exception as exc:  # the server may be down; the scheduled check catches up
+        print(
+            f"Could not announce {revision.tag} to Prefect ({type(exc).__name__}: {exc}).\n"
+            "The detect-churn-data deployment will find it on its next run (every 5 minutes)."
+        )
+        return
+    if event_id is None:
+        print(f"{revision.tag} was announced already (by the new-data check)")
+    else:
+        print(f"Emitted {names.EVENT_DATASET_UPDATED} for {revision.tag} (event {event_id})")
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
@@ -46,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="COLUMN=VALUE",
         help="introduce a new category in a categorical column (repeatable)",
+    )
+    batch.add_argument(
+        "--no-announce",
+        action="store_true",
+        help="do not emit driftloop.dataset.updated (the new-data check will find the batch)",
     )
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -76,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Added {revision.tag} ({revision.commit[:8]}): {revision.rows} labeled rows, "
             f"md5 {revision.md5}"
         )
+        if not args.no_announce:
+            _announce(revision)
         return 0
     return 2
 

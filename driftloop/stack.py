@@ -39,6 +39,9 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(settings.results_dir)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
+    # An event should start its flow run within a few seconds: the worker asks for due runs
+    # every second instead of every 10 (load on an idle local server is negligible).
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
     return env
 
 
@@ -178,6 +181,16 @@ class _TrainingWatch:
             )
 
 
+def _claim_initial_revision(revision) -> None:
+    """The first training (below) covers the demo's initial data: record its revision as seen,
+    so the new-data check does not announce it and start a second training on the same data."""
+    from blocks.dvc import DvcDataset
+    from driftloop.dataset_events import claim_revision
+
+    dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
+    claim_revision(dataset.name, revision.md5, revision.commit, by="driftloop up (initial data)")
+
+
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
     """Run the embedded stack in the foreground until SIGINT or SIGTERM. Returns an exit code."""
     env = stack_env(settings)
@@ -223,6 +236,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
                     f"  prepared demo data registry: {len(revisions)} batches, "
                     f"{revisions[-1].rows} rows at {revisions[-1].tag}"
                 )
+                _claim_initial_revision(revisions[-1])
         deploy_all(settings, env)
         log("  deployed prefect.yaml")
         supervisor.start(services["prefect-worker"])
