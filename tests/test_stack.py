@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
-from driftloop.supervisor import group_members
+from driftloop.supervisor import session_members
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -97,12 +97,50 @@ def stack_env(tmp_path):
             up.stop(signal.SIGTERM)
     leftovers = processes_of(root / ".driftloop")
     for pid_file in (root / ".driftloop" / "run").glob("*.pid"):
-        for pid in group_members(int(pid_file.read_text().split()[0])):
+        for pid in session_members(int(pid_file.read_text().split()[0])):
             os.kill(pid, signal.SIGKILL)
     assert not leftovers, leftovers
 
 
-def test_up_trains_the_demo_and_stops_cleanly(stack_env):
+def flow_runs(prefect_url: str, deployment: str) -> list[dict]:
+    """Flow runs of a deployment, oldest first, as the Prefect API returns them."""
+    from datetime import UTC, datetime
+
+    import httpx
+
+    body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    runs = httpx.post(f"{prefect_url}/api/flow_runs/filter", json=body, timeout=30).json()
+    # Leave out the runs the schedules created ahead of time (e.g. tonight's retraining).
+    now = datetime.now(UTC)
+    return [
+        r for r in runs
+        if not (r["state_type"] == "SCHEDULED"
+                and datetime.fromisoformat(r["expected_start_time"]) > now)
+    ]  # fmt: skip
+
+
+def wait_for_run(prefect_url: str, deployment: str, match, timeout: float) -> dict:
+    """The first run of the deployment for which match(run) holds, once it is final."""
+    deadline = time.monotonic() + timeout
+    seen: list[dict] = []
+    while time.monotonic() < deadline:
+        seen = flow_runs(prefect_url, deployment)
+        for run in seen:
+            if match(run) and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return run
+        time.sleep(1)
+    summary = [(r["name"], r["state_name"], r["parameters"]) for r in seen]
+    raise AssertionError(f"no matching {deployment} run in {timeout}s; runs: {summary}")
+
+
+def by_automation(run: dict) -> bool:
+    return (run.get("created_by") or {}).get("type") == "AUTOMATION"
+
+
+def test_up_trains_the_demo_and_closes_the_loop_on_new_data(stack_env):
+    """The issue's end-to-end path, with no manual flow call after the first training:
+    a drifted batch is pushed; automations train and promote a new champion, and the
+    promotion starts batch scoring, which writes predictions."""
     home = Path(stack_env["DRIFTLOOP_HOME"])
     prefect_url = f"http://127.0.0.1:{stack_env['DRIFTLOOP_PREFECT_PORT']}"
     mlflow_url = f"http://127.0.0.1:{stack_env['DRIFTLOOP_MLFLOW_PORT']}"
@@ -113,17 +151,21 @@ def test_up_trains_the_demo_and_stops_cleanly(stack_env):
     assert any(mlflow_url in line for line in up.lines)
     up.wait_for("completed", timeout=300)
 
-    # The run is visible in the Prefect API, created from the deployment by the worker.
+    # 1. The first training: run from the deployment by the worker.
     import httpx
 
-    runs = httpx.post(f"{prefect_url}/api/flow_runs/filter", json={}).json()
-    (run,) = runs
+    trainings = flow_runs(prefect_url, "train-churn-model")
+    assert len(trainings) == 1, [(r["name"], r["state_name"], r["parameters"]) for r in trainings]
+    (run,) = trainings
     assert run["state_type"] == "COMPLETED" and run["deployment_id"]
-    deployment = httpx.get(f"{prefect_url}/api/deployments/{run['deployment_id']}").json()
-    assert deployment["name"] == "train-churn-model"
     blocks = httpx.post(f"{prefect_url}/api/block_documents/filter", json={}).json()
     assert {b["block_type"]["slug"] for b in blocks} >= {
-        "driftloop-mlflow", "driftloop-feast", "driftloop-dvc-dataset"
+        "driftloop-mlflow", "driftloop-feast", "driftloop-dvc-dataset", "driftloop-ray",
+        "driftloop-drift-policy",
+    }  # fmt: skip
+    automations = httpx.post(f"{prefect_url}/api/automations/filter", json={}).json()
+    assert {a["name"] for a in automations} >= {
+        "train-on-new-data", "retrain-on-drift", "score-on-promotion"
     }  # fmt: skip
 
     # MLflow shows the champion with its lineage.
@@ -132,9 +174,87 @@ def test_up_trains_the_demo_and_stops_cleanly(stack_env):
     # Explicit registry URI: other tests in this process set MLflow's global one.
     client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
     champion = client.get_model_version_by_alias("churn-model", "champion")
+    assert champion.version == "1"
     assert champion.tags["driftloop.dvc.md5"]
     assert champion.tags["driftloop.prefect.flow_run_id"] == run["id"]
     assert champion.tags["driftloop.feast.feature_service"] == "churn_model_v1"
+
+    # The promotion event started batch scoring through its automation.
+    scoring = wait_for_run(prefect_url, "score-churn-batch", by_automation, timeout=240)
+    assert scoring["state_type"] == "COMPLETED", scoring["state"]
+    assert list((home / "predictions" / "churn-model" / "v1").glob("*.parquet"))
+
+    # 2. A drifted batch is pushed, as `make drift` does; its post-push hook emits the event.
+    pushed = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "add-batch", "--drift"], env=stack_env,
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    assert "Emitted driftloop.dataset.updated" in pushed.stdout, pushed.stdout
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=home / "data" / "registry", capture_output=True,
+        text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+    # 3. The automation trains on exactly that revision; the new model becomes champion.
+    retrain = wait_for_run(
+        prefect_url, "train-churn-model",
+        lambda r: by_automation(r) and r["parameters"].get("rev") == commit, timeout=600,
+    )  # fmt: skip
+    assert retrain["state_type"] == "COMPLETED", retrain["state"]
+    assert retrain["parameters"]["trigger"]["reason"] == "driftloop.dataset.updated"
+    champion = client.get_model_version_by_alias("churn-model", "champion")
+    assert champion.version == "2", champion.tags
+    assert champion.tags["driftloop.prefect.flow_run_id"] == retrain["id"]
+    assert champion.tags["driftloop.trigger.reason"] == "driftloop.dataset.updated"
+    assert champion.tags["driftloop.dvc.commit"] == commit
+
+    # ... and its promotion starts scoring with version 2.
+    wait_for_run(
+        prefect_url, "score-churn-batch",
+        lambda r: by_automation(r) and r["id"] != scoring["id"], timeout=240,
+    )  # fmt: skip
+    assert list((home / "predictions" / "churn-model" / "v2").glob("*.parquet"))
+
+    # 4. An event storm: 20 drift alerts within a minute start at most 2 trainings; the
+    # others are cancelled by the deployment's concurrency limit, visibly.
+    from prefect.events import Event
+
+    events = [
+        Event(
+            event="driftloop.drift.detected",
+            resource={"prefect.resource.id": "driftloop.model.churn-model"},
+            payload={"drift_share": 0.5, "drifted_columns": ["plan", f"storm-{i}"],
+                     "champion_version": "2", "window_start": "", "window_end": ""},
+        ).model_dump(mode="json")
+        for i in range(20)
+    ]  # fmt: skip
+    for event in events:  # one request each: 20 separate events, as 20 monitors would send
+        httpx.post(f"{prefect_url}/api/events", json=[event], timeout=30).raise_for_status()
+
+    def storm_runs() -> list[dict]:
+        return [
+            r for r in flow_runs(prefect_url, "train-churn-model")
+            if r["parameters"].get("trigger", {}).get("reason") == "driftloop.drift.detected"
+        ]  # fmt: skip
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        runs = storm_runs()
+        final = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CANCELLED")]
+        if len(runs) == 20 and len(final) == 20:
+            break
+        time.sleep(2)
+    runs = storm_runs()
+    states = sorted(r["state_type"] for r in runs)
+    assert len(runs) == 20, states
+    ran = [r for r in runs if r["state_type"] != "CANCELLED"]
+    assert 1 <= len(ran) <= 2, states
+    assert all(r["state_type"] == "COMPLETED" for r in ran), states
+    # The drifted columns of the event reached the run's parameters.
+    assert all(r["parameters"]["trigger"]["drifted_columns"][0] == "plan" for r in runs)
+    skipped = next(r for r in runs if r["state_type"] == "CANCELLED")
+    assert "concurrency" in (skipped["state"]["message"] or "").lower(), skipped["state"]
 
     assert up.stop(signal.SIGINT) == 0
     assert "Stopped." in up.lines[-1]

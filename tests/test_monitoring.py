@@ -1,0 +1,173 @@
+"""Drift monitoring, new-data detection, materialization and batch scoring, on a private demo
+(real Prefect server, DVC registry, Feast repo, MLflow on SQLite). The tests of this module
+build on each other in file order: a champion is trained once, then a drifted batch arrives."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from driftloop import names
+from driftloop.contracts import DriftResult, ScoringResult
+from driftloop.demo.churn import STRONG_DRIFT
+from driftloop.errors import ModelSignatureError, NoChampionError, NotEnoughDataError
+from driftloop.params import DriftWindow, FeatureSelection, ScoringBatch
+from flows.batch_scoring import score_batch
+from flows.drift_monitoring import monitor_drift
+from flows.new_data import detect_new_data
+from flows.training import train
+from tests.conftest import make_demo
+from tests.helpers import events, make_mlflow, unique
+
+
+@pytest.fixture(scope="module")
+def world(prefect_server, ray_session, tmp_path_factory):
+    """A private demo with its own MLflow store and a trained champion."""
+    from blocks import DriftPolicy, DvcDataset
+
+    root = tmp_path_factory.mktemp("monitoring")
+    demo = make_demo(root)
+    mlflow = make_mlflow(root / "mlflow")
+    state = train(**demo.train_kwargs(mlflow), return_state=True)
+    assert state.is_completed(), state.message
+    drift_block = unique("drift")
+    DriftPolicy().save(drift_block)
+    demo.dataset_name = DvcDataset.load(demo.dataset_block).name
+    demo.drift_block = drift_block
+    return demo, mlflow
+
+
+def monitor(demo, mlflow, **kwargs):
+    return monitor_drift(
+        drift_block=demo.drift_block, feast_block=demo.feast_block,
+        mlflow_block=mlflow.block_name, return_state=True, **kwargs,
+    )  # fmt: skip
+
+
+def artifacts_of(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+
+
+def test_no_drift_on_data_like_the_training_data(world):
+    demo, mlflow = world
+    state = monitor(demo, mlflow)
+    assert state.is_completed(), state.message
+    result: DriftResult = state.result()
+    assert not result.detected, result.drifted_columns
+    assert result.champion_version == "1" and result.current_rows >= 200
+    assert {c.column for c in result.columns} >= {"monthly_charges", "plan", "tenure_months"}
+
+    resource = names.model_resource_id(mlflow.model_name)
+    (event,) = events(names.EVENT_DRIFT_CHECKED, resource)
+    assert set(event.payload) == {
+        "drift_share", "drifted_columns", "champion_version", "window_start", "window_end"
+    }  # fmt: skip
+    assert event.payload["champion_version"] == "1"
+    flow_run_id = state.state_details.flow_run_id
+    assert f"prefect.flow-run.{flow_run_id}" in {r.id for r in event.related}
+
+    (artifact,) = artifacts_of(flow_run_id)
+    assert artifact.key == names.ARTIFACT_DRIFT and "| monthly_charges |" in artifact.data
+    runs = mlflow.client().search_runs(
+        [mlflow.block.experiment_id()], f"tags.`{names.TAG_DRIFT_CHAMPION_VERSION}` = '1'"
+    )
+    (run,) = runs
+    assert run.data.metrics["drift_share"] == pytest.approx(result.drift_share)
+    report = mlflow.client().download_artifacts(run.info.run_id, names.DRIFT_REPORT_ARTIFACT)
+    with open(report) as html:
+        assert "<html" in html.read(2000).lower()
+
+
+def test_new_data_is_announced_once_per_revision(world):
+    demo, _ = world
+    resource = names.dataset_resource_id(demo.dataset_name)
+    first = detect_new_data(dataset_block=demo.dataset_block)
+    assert first is not None
+    again = detect_new_data(dataset_block=demo.dataset_block)  # a restart changes nothing
+    assert again is None
+    (event,) = events(names.EVENT_DATASET_UPDATED, resource)
+    assert str(event.id) == first
+    assert event.payload["rev"] == demo.registry.head()
+    assert event.payload["path"] == "data/churn_labels.parquet"
+    assert event.payload["rows"] == 3 * 1500 and len(event.payload["md5"]) == 32
+
+
+def test_scoring_writes_predictions_of_the_champion(world):
+    demo, mlflow = world
+    state = score_batch(
+        batch=ScoringBatch(max_entities=300), output_dir=str(demo.settings.predictions_dir),
+        dataset_block=demo.dataset_block, feast_block=demo.feast_block,
+        mlflow_block=mlflow.block_name, return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state.message
+    result: ScoringResult = state.result()
+    assert result.rows == 300 and result.model_version == "1"
+    path = demo.settings.predictions_dir / mlflow.model_name / "v1"
+    assert str(path) in result.path
+    predictions = pd.read_parquet(result.path)
+    assert len(predictions) == 300 and predictions["score"].between(0, 1).all()
+    assert predictions["customer_id"].is_unique and set(predictions["model_version"]) == {"1"}
+    # Materialized just before: the newest customers all have online features.
+    assert result.rows_without_features == 0
+    assert result.rows_with_missing_features < 0.05 * result.rows  # the demo's natural nulls
+    (artifact,) = artifacts_of(state.state_details.flow_run_id)
+    assert artifact.key == names.ARTIFACT_SCORING and result.path in artifact.data
+
+
+def test_scoring_refuses_a_model_whose_signature_does_not_match(world):
+    demo, mlflow = world
+    state = score_batch(
+        features=FeatureSelection(features=["customer_activity:monthly_charges"]),
+        dataset_block=demo.dataset_block, feast_block=demo.feast_block,
+        mlflow_block=mlflow.block_name, return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(ModelSignatureError, match=r"signature needs \[.*'plan'.*\]"):
+        state.result()
+
+
+def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
+    from driftloop.dataset_events import announce_revision
+    from driftloop.demo.setup import add_batch
+
+    demo, mlflow = world
+    revision = add_batch(demo.settings, rows=1500, drift=STRONG_DRIFT)
+    # The push announces it, as `driftloop add-batch` does; the scheduled check then does not.
+    event_id = announce_revision(
+        demo.dataset_name, revision.commit, revision.md5, revision.rows, revision.path, by="test"
+    )
+    assert event_id is not None
+    assert detect_new_data(dataset_block=demo.dataset_block) is None
+    resource = names.dataset_resource_id(demo.dataset_name)
+    found = events(names.EVENT_DATASET_UPDATED, resource, at_least=2)
+    assert [e.payload["md5"] for e in found].count(revision.md5) == 1
+
+    state = monitor(demo, mlflow)
+    result: DriftResult = state.result()
+    assert result.detected
+    assert {"monthly_charges", "plan"} <= set(result.drifted_columns)
+    (event,) = events(names.EVENT_DRIFT_DETECTED, names.model_resource_id(mlflow.model_name))
+    assert sorted(event.payload["drifted_columns"]) == sorted(result.drifted_columns)
+    assert event.payload["drift_share"] == pytest.approx(result.drift_share)
+
+
+def test_bad_input_fails_with_a_clear_error(world, tmp_path):
+    demo, mlflow = world
+    empty = make_mlflow(tmp_path / "empty")
+    state = monitor(demo, empty)
+    with pytest.raises(NoChampionError, match=f"{empty.model_name}.*no 'champion' alias"):
+        state.result()
+
+    from datetime import UTC, datetime
+
+    long_ago = DriftWindow(days=1, end=datetime(2001, 1, 1, tzinfo=UTC))
+    state = monitor(demo, mlflow, window=long_ago)
+    window = "2000-12-31 00:00 to 2001-01-01 00:00 UTC holds 0 rows"
+    with pytest.raises(NotEnoughDataError, match=window):
+        state.result()
