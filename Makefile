@@ -26,7 +26,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_CACHE_DIR := $(CURDIR)/$(STATE)/cache/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 
-.PHONY: help install up down test pytest lint format batch drift bench bench-ray prefect.yaml deploy worker feast clean distclean
+.PHONY: help install up down test pytest lint format batch drift bench bench-ray bench-events prefect.yaml deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ bench: install ## training benchmark: cold vs warm flow, flow vs plain script (b
 
 bench-ray: install ## Ray benchmark: trials sequential vs on the RayTaskRunner (bench/ray_bench.py)
 	$(BIN)/python bench/ray_bench.py $(ARGS)
+
+bench-events: install ## event latency: emit -> flow run created / Running / first task; make drift -> champion
+	$(BIN)/python bench/event_bench.py $(ARGS)
 
 prefect.yaml: install ## render prefect.yaml from deployments/
 	$(BIN)/python -m deployments.render

@@ -67,7 +67,14 @@ def score_batch(
         table = load_labeled_entities(dataset, schema)
     entities = select_entities(batch, schema, table)
     if batch.materialize_first:
-        materialize_features(feast_cfg)
+        # The entities' rows may be older than the last materialization (late data): cover
+        # them from the oldest one scored.
+        since = None
+        if table is not None:
+            keys = list(schema.entity_columns)
+            scored_rows = table.merge(entities, on=keys)[schema.timestamp_column]
+            since = scored_rows.min().to_pydatetime() if len(scored_rows) else None
+        materialize_features(feast_cfg, since)
     frame = get_online_features(feast_cfg, resolved, entities)
     scored = score_entities(model, frame, resolved, list(schema.entity_columns))
     root = Path(output_dir) if output_dir else get_settings().predictions_dir

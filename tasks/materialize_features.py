@@ -11,11 +11,20 @@ from tasks._policy import IO_RETRIES, UNCACHED
 
 
 @task(name="materialize-features", cache_policy=UNCACHED, **IO_RETRIES)
-def materialize_features(feast: FeastFeatureStore, end: datetime | None = None) -> str:
-    """Feast `materialize_incremental` up to `end` (default: now): each feature view picks up
-    where its last materialization ended. Returns the end it materialized to."""
-    end = end or datetime.now(UTC)
+def materialize_features(feast: FeastFeatureStore, since: datetime | None = None) -> str:
+    """Feast `materialize_incremental` up to now: each feature view picks up where its last
+    materialization ended.
+
+    Rows that arrive late, with event timestamps before that point (a batch pushed today with
+    last week's observations), are never picked up incrementally; with `since`, the window from
+    `since` to now is materialized again as well. Returns the end it materialized to.
+    """
+    logger = get_run_logger()
+    end = datetime.now(UTC)
     store = feast.store()
     store.materialize_incremental(end_date=end)
-    get_run_logger().info("Materialized %s up to %s", store.project, end.isoformat())
+    if since is not None:
+        store.materialize(start_date=since, end_date=end)
+        logger.info("Re-materialized %s from %s for late rows", store.project, since.isoformat())
+    logger.info("Materialized %s up to %s", store.project, end.isoformat())
     return end.isoformat()

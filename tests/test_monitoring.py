@@ -148,6 +148,15 @@ def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
     found = events(names.EVENT_DATASET_UPDATED, resource, at_least=2)
     assert [e.payload["md5"] for e in found].count(revision.md5) == 1
 
+    # The batch's rows are older than the last materialization (late data); scoring its
+    # customers still finds their features online.
+    state = score_batch(
+        batch=ScoringBatch(max_entities=300), output_dir=str(demo.settings.predictions_dir),
+        dataset_block=demo.dataset_block, feast_block=demo.feast_block,
+        mlflow_block=mlflow.block_name, return_state=True,
+    )  # fmt: skip
+    assert state.result().rows_without_features == 0
+
     state = monitor(demo, mlflow)
     result: DriftResult = state.result()
     assert result.detected
@@ -171,3 +180,20 @@ def test_bad_input_fails_with_a_clear_error(world, tmp_path):
     window = "2000-12-31 00:00 to 2001-01-01 00:00 UTC holds 0 rows"
     with pytest.raises(NotEnoughDataError, match=window):
         state.result()
+
+
+def test_materialization_flow_fills_the_online_store(world):
+    from flows.materialization import materialize
+
+    demo, _ = world
+    state = materialize(feast_block=demo.feast_block, return_state=True)
+    assert state.is_completed(), state.message
+    from blocks import FeastFeatureStore
+
+    store = FeastFeatureStore.load(demo.feast_block).store()
+    newest = demo.registry.read_table().nlargest(5, "event_timestamp")["customer_id"].tolist()
+    online = store.get_online_features(
+        features=["customer_activity:monthly_charges"],
+        entity_rows=[{"customer_id": c} for c in newest],
+    ).to_df()
+    assert online["monthly_charges"].notna().all()

@@ -1,0 +1,206 @@
+"""Event latency benchmark: how fast an event becomes a running flow on the embedded stack.
+
+    make bench-events       # or: .venv/bin/python bench/event_bench.py --events 10
+
+Starts `driftloop up` in a temporary state folder (its own ports), waits for the demo's first
+training and the scoring run its promotion starts, then:
+
+1. emits `driftloop.model.promoted` N times (one at a time, each after the previous scoring run
+   finished) and measures, from the emit to: the flow run created by the automation, the run
+   Running, and its first task started;
+2. runs `driftloop add-batch --drift` (what `make drift` runs) and measures the time until the
+   MLflow `champion` alias moves to the new model.
+
+Server timestamps and the benchmark's clock are the same machine's clock.
+Target (measured, never asserted in tests): emit to Running, p50 <= 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._harness import free_port, table
+from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+
+SCORING = "score-churn-batch"
+MODEL = "churn-model"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Stack:
+    """`driftloop up` in a temporary checkout-like folder."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="driftloop-bench-events-"))
+        shutil.copytree(PROJECT_ROOT / "feature_repo", self.root / "feature_repo")
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env.update(
+            {
+                **TELEMETRY_OFF,
+                "DRIFTLOOP_HOME": str(self.root / ".driftloop"),
+                "DRIFTLOOP_FEATURE_REPO": str(self.root / "feature_repo"),
+                "DRIFTLOOP_PREFECT_PORT": str(self.prefect_port),
+                "DRIFTLOOP_MLFLOW_PORT": str(self.mlflow_port),
+            }
+        )
+        self.api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
+        self.lines: list[str] = []
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "driftloop.cli", "up"], env=self.env, cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"{text!r} not seen:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def scoring_runs(http, api: str) -> list[dict]:
+    body = {"deployments": {"name": {"any_": [SCORING]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    return http.post(f"{api}/flow_runs/filter", json=body).json()
+
+
+def first_task_start(http, api: str, flow_run_id: str) -> float | None:
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    starts = [_ts(t["start_time"]) for t in http.post(f"{api}/task_runs/filter", json=body).json()]
+    starts = [s for s in starts if s]
+    return min(starts) if starts else None
+
+
+def wait_final(http, api: str, known: set[str], timeout: float = 300) -> dict:
+    """The next scoring run not in `known`, once it is final."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run in scoring_runs(http, api):
+            if run["id"] not in known and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED"):
+                return run
+        time.sleep(0.2)
+    raise RuntimeError("no scoring run finished in time")
+
+
+def measure_events(stack: Stack, count: int) -> dict[str, list[float]]:
+    import httpx
+    from prefect.events import Event
+
+    with httpx.Client(timeout=30) as http:
+        known = {r["id"] for r in scoring_runs(http, stack.api)}
+        samples: dict[str, list[float]] = {"created": [], "running": [], "first task": []}
+        for i in range(count):
+            event = Event(
+                event="driftloop.model.promoted",
+                resource={"prefect.resource.id": f"driftloop.model.{MODEL}"},
+                payload={"version": "1", "previous_version": None, "metrics": {}, "bench": i},
+            ).model_dump(mode="json")
+            emitted = time.time()
+            http.post(f"{stack.api}/events", json=[event]).raise_for_status()
+            run = wait_final(http, stack.api, known)
+            known.add(run["id"])
+            if run["state_type"] != "COMPLETED":
+                raise RuntimeError(f"scoring run {run['name']} ended {run['state_name']}")
+            samples["created"].append(_ts(run["created"]) - emitted)
+            samples["running"].append(_ts(run["start_time"]) - emitted)
+            samples["first task"].append(first_task_start(http, stack.api, run["id"]) - emitted)
+            print(f"  event {i + 1}/{count}: running after {samples['running'][-1]:.2f}s")
+    return samples
+
+
+def measure_drift_to_champion(stack: Stack) -> float:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
+    before = client.get_model_version_by_alias(MODEL, "champion").version
+    started = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "add-batch", "--drift"], env=stack.env,
+        cwd=PROJECT_ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if client.get_model_version_by_alias(MODEL, "champion").version != before:
+            return time.time() - started
+        time.sleep(0.5)
+    raise RuntimeError("the champion did not move within 15 minutes of the drifted batch")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=10, help="events to measure (>= 10)")
+    args = parser.parse_args()
+    stack = Stack()
+    try:
+        print(f"Starting driftloop up in {stack.root} ...")
+        stack.start()
+        stack.wait_for("driftloop is up", 300)
+        stack.wait_for("completed", 600)
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            wait_final(http, stack.api, set())  # the scoring run of the first promotion
+        samples = measure_events(stack, args.events)
+        print("Adding a drifted batch (make drift) ...")
+        to_champion = measure_drift_to_champion(stack)
+    finally:
+        stack.stop()
+
+    rows = [("measurement", "p50 / p95 (s)", "target")]
+    for label, key in (
+        ("emit -> flow run created", "created"),
+        ("emit -> flow run Running", "running"),
+        ("emit -> first task started", "first task"),
+    ):
+        values = samples[key]
+        target = "p50 <= 3 s" if key == "running" else ""
+        rows.append((label, f"{percentile(values, 0.5):.2f} / {percentile(values, 0.95):.2f}",
+                     target))  # fmt: skip
+    rows.append(("make drift -> new champion (1 run)", f"{to_champion:.1f}", ""))
+    print()
+    print(table(rows, f"Event latency, {args.events} events (driftloop.model.promoted -> "
+                      f"score-batch), on {os.cpu_count()} CPUs"))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
