@@ -25,6 +25,9 @@ export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_CACHE_DIR := $(CURDIR)/$(STATE)/cache/uv
 export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+# Trust the platform's certificate store (as pip and git do), not only uv's bundled roots:
+# behind a TLS-inspecting proxy the install works without SSL_CERT_FILE in the environment.
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: help install up down test pytest lint format batch drift bench bench-ray bench-events prefect.yaml deploy worker feast clean distclean
 
