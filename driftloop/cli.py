@@ -46,6 +46,8 @@ def _announce(revision) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
+    # `make up | tee up.log` (or a test reading the pipe) should see each line as it happens.
+    sys.stdout.reconfigure(line_buffering=True)
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -166,6 +166,23 @@ def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
     assert event.payload["drift_share"] == pytest.approx(result.drift_share)
 
 
+def test_editing_the_policy_block_changes_the_next_run(world):
+    """Configuration is a block edit (here from code; the UI does the same), no code change."""
+    from blocks import DriftPolicy
+
+    demo, mlflow = world
+    DriftPolicy(drift_share=1.0, num_method="psi", threshold=0.5).save(
+        demo.drift_block, overwrite=True
+    )
+    try:
+        result: DriftResult = monitor(demo, mlflow).result()
+    finally:
+        DriftPolicy().save(demo.drift_block, overwrite=True)
+    assert not result.detected and result.drift_share_threshold == 1.0
+    numeric = [c for c in result.columns if c.column == "monthly_charges"]
+    assert "psi" in numeric[0].method.lower() and numeric[0].threshold == 0.5
+
+
 def test_bad_input_fails_with_a_clear_error(world, tmp_path):
     demo, mlflow = world
     empty = make_mlflow(tmp_path / "empty")
