@@ -74,9 +74,7 @@ class Up:
         return code
 
 
-@pytest.fixture
-def stack_env(tmp_path):
-    root = tmp_path / "checkout"
+def _make_env(root: Path) -> dict[str, str]:
     shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
     (root / "home").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRIFTLOOP_"))}
@@ -90,7 +88,10 @@ def stack_env(tmp_path):
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
         }
     )
-    yield env
+    return env
+
+
+def _stop_leftovers(root: Path) -> list[str]:
     while STARTED:  # a test that failed half-way leaves its `up` running
         up = STARTED.pop()
         if up.process.poll() is None:
@@ -99,6 +100,37 @@ def stack_env(tmp_path):
     for pid_file in (root / ".driftloop" / "run").glob("*.pid"):
         for pid in session_members(int(pid_file.read_text().split()[0])):
             os.kill(pid, signal.SIGKILL)
+    return leftovers
+
+
+@pytest.fixture
+def stack_env(tmp_path):
+    env = _make_env(tmp_path / "checkout")
+    yield env
+    leftovers = _stop_leftovers(tmp_path / "checkout")
+    assert not leftovers, leftovers
+
+
+class Running:
+    """The `driftloop up` this module's tests share, after its first training."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.home = Path(env["DRIFTLOOP_HOME"])
+        self.prefect_url = f"http://127.0.0.1:{env['DRIFTLOOP_PREFECT_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{env['DRIFTLOOP_MLFLOW_PORT']}"
+        self.up = Up(env)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory):
+    """`make up` as a user runs it, once for the tests that need a live service."""
+    root = tmp_path_factory.mktemp("stack") / "checkout"
+    stack = Running(_make_env(root))
+    stack.up.wait_for("driftloop is up", timeout=240)
+    stack.up.wait_for("completed", timeout=300)
+    yield stack
+    leftovers = _stop_leftovers(root)
     assert not leftovers, leftovers
 
 
@@ -137,19 +169,14 @@ def by_automation(run: dict) -> bool:
     return (run.get("created_by") or {}).get("type") == "AUTOMATION"
 
 
-def test_up_trains_the_demo_and_closes_the_loop_on_new_data(stack_env):
+def test_up_trains_the_demo_and_closes_the_loop_on_new_data(running):
     """The issue's end-to-end path, with no manual flow call after the first training:
     a drifted batch is pushed; automations train and promote a new champion, and the
     promotion starts batch scoring, which writes predictions."""
-    home = Path(stack_env["DRIFTLOOP_HOME"])
-    prefect_url = f"http://127.0.0.1:{stack_env['DRIFTLOOP_PREFECT_PORT']}"
-    mlflow_url = f"http://127.0.0.1:{stack_env['DRIFTLOOP_MLFLOW_PORT']}"
-
-    up = Up(stack_env)
-    up.wait_for("driftloop is up", timeout=240)
+    up, home, stack_env = running.up, running.home, running.env
+    prefect_url, mlflow_url = running.prefect_url, running.mlflow_url
     assert any(prefect_url in line for line in up.lines)
     assert any(mlflow_url in line for line in up.lines)
-    up.wait_for("completed", timeout=300)
 
     # 1. The first training: run from the deployment by the worker.
     import httpx
@@ -229,8 +256,8 @@ def test_up_trains_the_demo_and_closes_the_loop_on_new_data(stack_env):
         ).model_dump(mode="json")
         for i in range(20)
     ]  # fmt: skip
-    for event in events:  # one request each: 20 separate events, as 20 monitors would send
-        httpx.post(f"{prefect_url}/api/events", json=[event], timeout=30).raise_for_status()
+    # 20 separate events (each its own id), delivered together as a busy event bus would.
+    httpx.post(f"{prefect_url}/api/events", json=events, timeout=120).raise_for_status()
 
     def storm_runs() -> list[dict]:
         return [
@@ -256,6 +283,30 @@ def test_up_trains_the_demo_and_closes_the_loop_on_new_data(stack_env):
     skipped = next(r for r in runs if r["state_type"] == "CANCELLED")
     assert "concurrency" in (skipped["state"]["message"] or "").lower(), skipped["state"]
 
+
+def test_a_custom_run_started_from_the_ui_form_completes(running):
+    """A real browser (Debian's chromium via Playwright): the deployment page, the custom run
+    form with a non-default parameter, the run followed to Completed, its artifacts."""
+    from tests.browser import custom_run_from_the_ui, ensure_chromium
+
+    missing = ensure_chromium()
+    if missing:
+        pytest.skip(f"NO BROWSER TEST: chromium cannot be installed here: {missing}")
+    shots = Path(os.environ.get("DRIFTLOOP_SCREENSHOTS", running.home / "screenshots"))
+    run_id = custom_run_from_the_ui(running.prefect_url, "train-churn-model", 3, shots)
+
+    import httpx
+
+    run = httpx.get(f"{running.prefect_url}/api/flow_runs/{run_id}", timeout=30).json()
+    assert run["state_type"] == "COMPLETED"
+    assert run["parameters"]["search"]["n_trials"] == 3  # the value typed into the form
+    assert {p.name for p in shots.glob("*.png")} >= {
+        "deployment.png", "custom-run-form.png", "flow-run.png", "artifacts.png"
+    }  # fmt: skip
+
+
+def test_up_stops_cleanly_and_a_second_start_reuses_the_state(running):
+    up, home, stack_env = running.up, running.home, running.env
     assert up.stop(signal.SIGINT) == 0
     assert "Stopped." in up.lines[-1]
     assert processes_of(home) == []
