@@ -21,7 +21,7 @@ from driftloop.ray_runner import DriftloopRayTaskRunner
 from driftloop.settings import get_settings
 from tasks.get_online_features import get_online_features
 from tasks.load_champion_model import load_champion_model
-from tasks.load_champion_reference import find_champion, load_champion_reference
+from tasks.load_champion_reference import champion_features, find_champion
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.materialize_features import materialize_features
 from tasks.publish_scoring_summary import publish_scoring_summary
@@ -58,8 +58,7 @@ def score_batch(
     schema = dataset_cfg.table_schema()
 
     champion = find_champion(mlflow_cfg)
-    _, lineage = load_champion_reference(champion, mlflow_cfg)
-    resolved = resolve_features(feast_cfg, features or lineage)
+    resolved = resolve_features(feast_cfg, features or champion_features(champion, mlflow_cfg))
     model = load_champion_model(champion, mlflow_cfg, resolved)
     table = None
     if not batch.entity_ids:

@@ -21,7 +21,11 @@ from driftloop.params import DriftWindow
 from driftloop.ray_runner import DriftloopRayTaskRunner
 from tasks.announce_drift import announce_drift
 from tasks.get_feature_window import get_feature_window
-from tasks.load_champion_reference import find_champion, load_champion_reference
+from tasks.load_champion_reference import (
+    champion_features,
+    find_champion,
+    load_champion_reference,
+)
 from tasks.log_drift_report import log_drift_report
 from tasks.measure_drift import measure_drift
 from tasks.publish_drift_summary import publish_drift_summary
@@ -49,8 +53,8 @@ def monitor_drift(
     mlflow_cfg = MlflowTracking.load_named(mlflow_block)
 
     champion = find_champion(mlflow_cfg)
-    reference, selection = load_champion_reference(champion, mlflow_cfg)
-    features = resolve_features(feast_cfg, selection)
+    reference = load_champion_reference(champion, mlflow_cfg)
+    features = resolve_features(feast_cfg, champion_features(champion, mlflow_cfg))
     current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)
     with tempfile.TemporaryDirectory(prefix="driftloop-drift-") as tmp:
         result, report = measure_drift(

@@ -57,18 +57,20 @@ def get_feature_window(
     """
     logger = get_run_logger()
     store = feast.store()
-    now = datetime.now(UTC)
-    end = window.end or now
-    if end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)
     if window.end is None:
         # The newest data, wherever the clock is: a demo's or a backfill's data may be older.
         import pandas as pd
 
-        newest = _entity_rows(store, features, None, now)["event_timestamp"].max()
+        now = datetime.now(UTC)
+        rows = _entity_rows(store, features, None, now)
+        newest = rows["event_timestamp"].max()
         end = now if pd.isna(newest) else newest.to_pydatetime()
-    start = end - timedelta(days=window.days)
-    rows = _entity_rows(store, features, start, end)
+        start = end - timedelta(days=window.days)
+        rows = rows[rows["event_timestamp"] >= start]
+    else:
+        end = window.end if window.end.tzinfo else window.end.replace(tzinfo=UTC)
+        start = end - timedelta(days=window.days)
+        rows = _entity_rows(store, features, start, end)
     if len(rows) > window.max_rows:
         rows = rows.nlargest(window.max_rows, "event_timestamp")
     if len(rows) < min_rows:

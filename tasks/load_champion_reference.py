@@ -1,4 +1,4 @@
-"""Drift step 1: the champion and the training reference sample logged with it."""
+"""The champion, the features it was trained on, and the training sample logged with it."""
 
 from __future__ import annotations
 
@@ -35,23 +35,9 @@ def find_champion(mlflow: MlflowTracking) -> ModelVersionRef:
     )
 
 
-@task(
-    name="load-champion-reference",
-    cache_policy=by_content("champion"),
-    persist_result=True,
-    **IO_RETRIES,
-)
-def load_champion_reference(
-    champion: ModelVersionRef, mlflow: MlflowTracking
-) -> tuple[pd.DataFrame, FeatureSelection]:
-    """The training sample logged with the champion, and the Feast features it was trained on
-    (from its lineage tags). Cached per champion version."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow as mlflow_lib
-    import pandas as pd
-
+@task(name="champion-features", cache_policy=UNCACHED, **IO_RETRIES)
+def champion_features(champion: ModelVersionRef, mlflow: MlflowTracking) -> FeatureSelection:
+    """The Feast features the champion was trained on, from its run's lineage tags."""
     client = mlflow.activate()
     tags = client.get_run(champion.run_id).data.tags
     refs = [r for r in tags.get(names.TAG_FEAST_FEATURES, "").split(",") if r]
@@ -60,6 +46,24 @@ def load_champion_reference(
             f"Run {champion.run_id} of {champion.name} v{champion.version} has no "
             f"{names.TAG_FEAST_FEATURES!r} tag: it was not logged by driftloop's training flow."
         )
+    return FeatureSelection(features=refs)
+
+
+@task(
+    name="load-champion-reference",
+    cache_policy=by_content("champion"),
+    persist_result=True,
+    **IO_RETRIES,
+)
+def load_champion_reference(champion: ModelVersionRef, mlflow: MlflowTracking) -> pd.DataFrame:
+    """The training sample logged with the champion. Cached per champion version."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow as mlflow_lib
+    import pandas as pd
+
+    mlflow.activate()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow_lib.artifacts.download_artifacts(
@@ -72,7 +76,6 @@ def load_champion_reference(
             ) from exc
         reference = pd.read_parquet(Path(local))
     get_run_logger().info(
-        "Reference: %d training rows of %s v%s, %d features",
-        len(reference), champion.name, champion.version, len(refs),
-    )  # fmt: skip
-    return reference, FeatureSelection(features=refs)
+        "Reference: %d training rows of %s v%s", len(reference), champion.name, champion.version
+    )
+    return reference

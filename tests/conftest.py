@@ -136,24 +136,18 @@ def ray_session(prefect_server: PrefectServer):
     ray.shutdown()
 
 
-def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: int = 3) -> Demo:
-    """A private demo (registry, feature repo copy, blocks) under ``root``, for tests that add
-    batches and must not change the session's shared demo."""
+def _prepare_and_save(settings, config, dataset_name: str, prefix: str) -> Demo:
+    """Prepare the demo under ``settings`` and save dataset and Feast blocks for it."""
     from blocks import DvcDataset, FeastFeatureStore
     from driftloop import demo as demo_names
-    from driftloop.demo.setup import DemoConfig, demo_registry, prepare_demo
-    from driftloop.settings import DriftloopSettings
+    from driftloop.demo.setup import demo_registry, prepare_demo
     from tests.helpers import quietly
 
-    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
-    settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
     with quietly():
-        revisions = prepare_demo(
-            settings, DemoConfig(rows_per_batch=rows_per_batch, initial_batches=batches)
-        )
-    dataset_block, feast_block = unique("own"), unique("own")
+        revisions = prepare_demo(settings, config)
+    dataset_block, feast_block = unique(prefix), unique(prefix)
     DvcDataset(
-        name=unique("dataset"),
+        name=dataset_name,
         repo=str(settings.data_registry_dir),
         path=demo_names.DEMO_TABLE_PATH,
         label_column=demo_names.DEMO_LABEL,
@@ -166,34 +160,28 @@ def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: in
         dataset_block=dataset_block,
         feast_block=feast_block,
     )
+
+
+def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: int = 3) -> Demo:
+    """A private demo (registry, feature repo copy, blocks) under ``root``, for tests that add
+    batches and must not change the session's shared demo."""
+    from driftloop.demo.setup import DemoConfig
+    from driftloop.settings import DriftloopSettings
+
+    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
+    settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
+    config = DemoConfig(rows_per_batch=rows_per_batch, initial_batches=batches)
+    return _prepare_and_save(settings, config, unique("dataset"), "own")
 
 
 @pytest.fixture(scope="session")
 def demo(prefect_server: PrefectServer, ray_session: None) -> Demo:
-    from blocks import DvcDataset, FeastFeatureStore
     from driftloop import demo as demo_names
-    from driftloop.demo.setup import DemoConfig, demo_registry, prepare_demo
+    from driftloop.demo.setup import DemoConfig
     from driftloop.settings import get_settings
-    from tests.helpers import quietly
 
-    settings = get_settings()
-    with quietly():
-        revisions = prepare_demo(settings, DemoConfig(rows_per_batch=DEMO_ROWS_PER_BATCH))
-    dataset_block, feast_block = unique("demo"), unique("demo")
-    DvcDataset(
-        name=demo_names.DEMO_DATASET,
-        repo=str(settings.data_registry_dir),
-        path=demo_names.DEMO_TABLE_PATH,
-        label_column=demo_names.DEMO_LABEL,
-    ).save(dataset_block)
-    FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast_block)
-    return Demo(
-        settings=settings,
-        registry=demo_registry(settings),
-        tags=[r.tag for r in revisions],
-        dataset_block=dataset_block,
-        feast_block=feast_block,
-    )
+    config = DemoConfig(rows_per_batch=DEMO_ROWS_PER_BATCH)
+    return _prepare_and_save(get_settings(), config, demo_names.DEMO_DATASET, "demo")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 
 from driftloop import names
 from driftloop.settings import PROJECT_ROOT
+from tests.conftest import make_demo
 from tests.helpers import RayNodes, make_mlflow, run_training_subprocess
 
 pytestmark = pytest.mark.slow
@@ -23,22 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def big_demo(prefect_server, tmp_path_factory):
     """A larger demo (24k labeled rows) so that trials take seconds, not milliseconds."""
-    from blocks import DvcDataset, FeastFeatureStore
-    from driftloop import demo as demo_names
-    from driftloop.demo.setup import DemoConfig, prepare_demo
-    from driftloop.settings import DriftloopSettings
-    from tests.helpers import quietly, unique
-
-    root = tmp_path_factory.mktemp("big-demo")
-    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
-    settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
-    with quietly():
-        prepare_demo(settings, DemoConfig(rows_per_batch=8000, initial_batches=3))
-    dataset, feast = unique("big"), unique("big")
-    DvcDataset(name="churn", repo=str(settings.data_registry_dir), path=demo_names.DEMO_TABLE_PATH,
-               label_column=demo_names.DEMO_LABEL).save(dataset)  # fmt: skip
-    FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast)
-    return dataset, feast
+    demo = make_demo(tmp_path_factory.mktemp("big-demo"), rows_per_batch=8000, batches=3)
+    return demo.dataset_block, demo.feast_block
 
 
 @pytest.fixture(scope="module")
