@@ -33,9 +33,12 @@ def _announce(revision) -> None:
             by="driftloop add-batch",
         )  # fmt: skip
     except Exception as exc:  # the server may be down; the scheduled check catches up
+        from deployments import DETECT_CHURN_DATA
+
         print(
             f"Could not announce {revision.tag} to Prefect ({type(exc).__name__}: {exc}).\n"
-            "The detect-churn-data deployment will find it on its next run (every 5 minutes)."
+            f"The {DETECT_CHURN_DATA.name} deployment will find it on its next scheduled run "
+            f"({DETECT_CHURN_DATA.schedules[0].cron})."
         )
         return
     if event_id is None:
