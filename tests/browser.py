@@ -34,7 +34,7 @@ def _runs(ui_url: str, deployment: str) -> list[dict]:
     import httpx
 
     body = {"deployments": {"name": {"any_": [deployment]}}}
-    return httpx.post(f"{ui_url}/api/flow_runs/filter", json=body, timeout=30).json()
+    return httpx.post(f"{ui_url}/api/flow_runs/filter", json=body, timeout=120).json()
 
 
 def _new_run(ui_url: str, deployment: str, before: set[str], n_trials: int) -> str:
@@ -64,7 +64,8 @@ def custom_run_from_the_ui(ui_url: str, deployment: str, n_trials: int, shots: P
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
+            # Pages read the SQLite-backed API, which can stall for up to ~60 s under load.
+            page.set_default_timeout(120_000)
             page.goto(f"{ui_url}/deployments")
             page.get_by_role("link", name=deployment).first.click()
             expect(page.get_by_text("Triggers")).to_be_visible()

@@ -37,6 +37,10 @@ def processes_of(home: Path) -> list[str]:
 
 STARTED: list[Up] = []
 
+# The embedded server is Prefect on SQLite. Under the event storm it has been seen holding its
+# write lock for ~60 s ("database is locked" in its log), so a read may wait that long.
+API_TIMEOUT_S = 120
+
 
 class Up:
     """A `driftloop up` process whose output is collected line by line."""
@@ -141,7 +145,9 @@ def flow_runs(prefect_url: str, deployment: str) -> list[dict]:
     import httpx
 
     body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    runs = httpx.post(f"{prefect_url}/api/flow_runs/filter", json=body, timeout=30).json()
+    runs = httpx.post(
+        f"{prefect_url}/api/flow_runs/filter", json=body, timeout=API_TIMEOUT_S
+    ).json()
     # Leave out the runs the schedules created ahead of time (e.g. tonight's retraining).
     now = datetime.now(UTC)
     return [
@@ -297,7 +303,8 @@ def test_a_custom_run_started_from_the_ui_form_completes(running):
 
     import httpx
 
-    run = httpx.get(f"{running.prefect_url}/api/flow_runs/{run_id}", timeout=30).json()
+    run = httpx.get(f"{running.prefect_url}/api/flow_runs/{run_id}", timeout=API_TIMEOUT_S)
+    run = run.json()
     assert run["state_type"] == "COMPLETED"
     assert run["parameters"]["search"]["n_trials"] == 3  # the value typed into the form
     assert {p.name for p in shots.glob("*.png")} >= {
