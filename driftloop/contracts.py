@@ -123,6 +123,10 @@ class ModelVersionRef(_Value):
     version: str
     run_id: str | None = None
     url: str | None = None
+    decision: str | None = Field(default=None, description="Its `driftloop.decision` tag.")
+    compared_to: str | None = Field(
+        default=None, description="The champion version its gate compared it with."
+    )
 
     @property
     def uri(self) -> str:
@@ -145,6 +149,10 @@ class PromotionDecision(_Value):
     challenger_metrics: Metrics
     champion: ModelVersionRef | None
     champion_metrics: Metrics | None
+    resumed: bool = Field(
+        default=False,
+        description="Finishes a promotion an interrupted attempt began (the alias had moved).",
+    )
 
 
 class ColumnDrift(_Value):
@@ -190,3 +198,58 @@ class ScoringResult(_Value):
     rows_without_features: int = Field(description="Entities the online store had nothing for.")
     score_quantiles: dict[str, float]
     positive_share: float
+
+
+class TrainingPlan(_Value):
+    """What a training run will do, decided before it touches any data."""
+
+    dataset: DatasetVersion = Field(description="The revision to train on.")
+    fingerprint: str | None = Field(
+        default=None,
+        description="Hash of everything that determines the model: data, features, "
+        "configuration and training code (once the features are resolved).",
+    )
+    superseded: str | None = Field(
+        default=None, description="Why the requested revision gave way to a newer one."
+    )
+    skip: str | None = Field(default=None, description="Why the run does not train, if so.")
+    existing_version: str | None = Field(
+        default=None, description="The version already trained on this fingerprint, if any."
+    )
+
+
+TrainingOutcome = Literal["promoted", "rejected", "skipped"]
+
+
+class TrainingResult(_Value):
+    """What a training run produced and decided."""
+
+    outcome: TrainingOutcome
+    model_name: str
+    version: str | None = Field(description="The version trained (or reused when skipped).")
+    promoted: bool
+    reason: str
+    champion_version: str | None = Field(description="The champion after this run.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    model: dict[str, object] = Field(
+        default_factory=dict, description="Family and hyperparameters of the model."
+    )
+    trials_completed: int = 0
+    trials_failed: int = 0
+    mlflow_run_id: str | None = None
+    flow_run_id: str = Field(description="This training run in Prefect.")
+    dataset_commit: str
+    dataset_md5: str
+    superseded: str | None = Field(
+        default=None, description="Set when the requested revision gave way to a newer one."
+    )
+
+
+class RevisionCoverage(_Value):
+    """Whether a dataset revision needs announcing, and why."""
+
+    covered: bool
+    reason: str
+    again: bool = Field(
+        default=False, description="It was announced before, but no training followed."
+    )

@@ -41,6 +41,7 @@ PAYLOAD_WINDOW_END = "window_end"
 # Why a training run started (`trigger.reason`), as the deployments' schedules and triggers
 # set it.
 REASON_MANUAL = "manual"
+REASON_FIRST_START = "first start"
 REASON_SCHEDULE = "schedule"
 REASON_DATASET_UPDATED = EVENT_DATASET_UPDATED
 REASON_DRIFT_DETECTED = EVENT_DRIFT_DETECTED
@@ -52,6 +53,11 @@ def seen_revision_variable(dataset_name: str, md5: str) -> str:
     safe = "".join(c if c.isalnum() else "_" for c in dataset_name.lower())
     return f"driftloop_seen_{safe}_{md5}"[:255]
 
+
+# --- Flows whose runs other flows look up --------------------------------------------------
+FLOW_TRAIN = "train-model"
+# The state name of a training run that decided not to train (its message says why).
+STATE_SKIPPED = "Skipped"
 
 # --- Block documents created for the embedded stack -----------------------------------------
 # One document per block type; editing it in the UI changes what the next run uses.
@@ -74,6 +80,7 @@ TAG_FLOW_RUN_ID = "driftloop.prefect.flow_run_id"
 TAG_FLOW_RUN_URL = "driftloop.prefect.flow_run_url"
 TAG_TRIGGER_REASON = "driftloop.trigger.reason"
 TAG_TRIGGER_DRIFTED_COLUMNS = "driftloop.trigger.drifted_columns"
+TAG_TRAINING_FINGERPRINT = "driftloop.training.fingerprint"
 TAG_DECISION = "driftloop.decision"
 TAG_DECISION_REASON = "driftloop.decision.reason"
 TAG_GATE_METRIC = "driftloop.gate.metric"
@@ -85,9 +92,15 @@ TAG_TRIAL_NODE = "driftloop.trial.ray_node_id"
 TAG_TRIAL_ATTEMPT = "driftloop.trial.attempt"
 TAG_TRIAL_TASK_RUN = "driftloop.trial.task_run_id"
 
+# A version's decision moves: (none) -> promoting -> promoted, or -> rejected; a failure after
+# registration marks it rolled_back. "promoting" is set before the champion alias moves, so a
+# run interrupted between the two can tell, when it runs again, that the move was its own.
+DECISION_PROMOTING = "promoting"
 DECISION_PROMOTED = "promoted"
 DECISION_REJECTED = "rejected"
 DECISION_ROLLED_BACK = "rolled_back"
+# Decisions after which the same training would change nothing.
+FINAL_DECISIONS = (DECISION_PROMOTED, DECISION_REJECTED)
 
 # --- MLflow artifact paths -----------------------------------------------------------------
 MODEL_ARTIFACT = "model"
@@ -108,3 +121,16 @@ TAG_MODEL_NAME = "driftloop.model.name"
 
 # --- Deployment infrastructure ---------------------------------------------------------------
 WORK_POOL = "driftloop-process"
+# Tag on every driftloop deployment (and so on its flow runs and their heartbeat events).
+TAG_DRIFTLOOP = "driftloop"
+
+# --- Runs that lost their process ------------------------------------------------------------
+# A Crashed run whose state message starts with one of these was interrupted, not broken: its
+# code never failed, its process went away. driftloop resumes such runs (see driftloop.recovery).
+CRASH_SERVICE_STOPPED = "service stopped"
+CRASH_NO_PROCESS = "no process"
+CRASH_NO_HEARTBEAT = "no heartbeat"
+INTERRUPTED_MARKS = (CRASH_SERVICE_STOPPED, CRASH_NO_PROCESS, CRASH_NO_HEARTBEAT)
+RESUMED_MARK = "resumed by driftloop"
+# The automation that crashes runs whose heartbeats stopped (Prefect's zombie-detection recipe).
+ZOMBIE_AUTOMATION = "driftloop-crash-zombie-runs"

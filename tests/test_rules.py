@@ -1,0 +1,104 @@
+"""The pure rules behind recovery and training plans: one small test per rule."""
+
+from __future__ import annotations
+
+from driftloop import names
+from driftloop.contracts import DatasetLocation, DatasetVersion
+from driftloop.interruptions import (
+    covers_its_data,
+    is_interrupted,
+    service_stopped_message,
+    should_resume,
+    zombie_reason,
+)
+from driftloop.planning import choose_revision, skip_reason, training_fingerprint
+
+
+def at(commit: str, md5: str = "m" * 32) -> DatasetVersion:
+    location = DatasetLocation(repo="/r", path="data/t.parquet", rev="main")
+    return DatasetVersion(location=location, commit=commit * 5, md5=md5)
+
+
+# --- zombies --------------------------------------------------------------------------------
+def test_a_run_with_a_live_process_is_no_zombie():
+    assert zombie_reason("RUNNING", 42, True, 999, pending_grace_s=60) is None
+
+
+def test_a_run_whose_process_is_gone_is_a_zombie():
+    reason = zombie_reason("RUNNING", 42, False, 1, pending_grace_s=60)
+    assert reason.startswith(names.CRASH_NO_PROCESS)
+    assert "pid 42" in reason
+
+
+def test_a_run_without_a_process_gets_a_grace_period():
+    assert zombie_reason("PENDING", None, False, 30, pending_grace_s=60) is None
+    reason = zombie_reason("PENDING", None, False, 90, pending_grace_s=60)
+    assert "no process was ever started" in reason
+
+
+def test_only_pending_and_running_runs_can_be_zombies():
+    assert zombie_reason("SCHEDULED", None, False, 999, pending_grace_s=0) is None
+
+
+# --- resuming -------------------------------------------------------------------------------
+def test_interrupted_means_crashed_by_a_lost_process_not_by_its_code():
+    assert is_interrupted("CRASHED", service_stopped_message("RUNNING"))
+    assert is_interrupted("CRASHED", f"{names.CRASH_NO_HEARTBEAT}: ...")
+    assert not is_interrupted("CRASHED", "Flow run process exited with non-zero status code 1")
+    assert not is_interrupted("FAILED", service_stopped_message("RUNNING"))
+
+
+def test_a_run_is_resumed_a_limited_number_of_times():
+    message = service_stopped_message("PENDING")
+    assert should_resume("CRASHED", message, resumes=1, max_resumes=2)
+    assert not should_resume("CRASHED", message, resumes=2, max_resumes=2)
+
+
+def test_a_training_covers_its_data_unless_it_ended_without_training():
+    assert covers_its_data("SCHEDULED", None)
+    assert covers_its_data("COMPLETED", "Skipped: already trained")
+    assert covers_its_data("CRASHED", service_stopped_message("RUNNING"))  # it is resumed
+    assert not covers_its_data("FAILED", "The current node timed out during startup")
+    assert not covers_its_data("CRASHED", "Flow run process exited with status code 1")
+    assert not covers_its_data("CANCELLED", "Cancelled from the UI")
+
+
+# --- training plans -------------------------------------------------------------------------
+def test_automated_runs_train_the_newest_revision():
+    chosen, why = choose_revision(names.REASON_DATASET_UPDATED, "a" * 5, at("a"), at("b"))
+    assert chosen == at("b")
+    assert why == "revision aaaaa was superseded by the newer revision bbbbb (latest wins)"
+
+
+def test_a_person_asking_for_a_revision_gets_it():
+    chosen, why = choose_revision(names.REASON_MANUAL, "a" * 5, at("a"), at("b"))
+    assert chosen == at("a")
+    assert why is None
+
+
+def test_the_newest_revision_supersedes_nothing():
+    chosen, why = choose_revision(names.REASON_DRIFT_DETECTED, None, at("b"), at("b"))
+    assert chosen == at("b")
+    assert why is None
+
+
+def test_the_fingerprint_follows_every_input():
+    base = training_fingerprint("md5", "feat", {"gate": {"floor": 0.6}}, "code")
+    assert base == training_fingerprint("md5", "feat", {"gate": {"floor": 0.6}}, "code")
+    assert base != training_fingerprint("md6", "feat", {"gate": {"floor": 0.6}}, "code")
+    assert base != training_fingerprint("md5", "feat2", {"gate": {"floor": 0.6}}, "code")
+    assert base != training_fingerprint("md5", "feat", {"gate": {"floor": 0.7}}, "code")
+    assert base != training_fingerprint("md5", "feat", {"gate": {"floor": 0.6}}, "code2")
+
+
+def test_a_decided_version_makes_the_run_skip():
+    reason = skip_reason("m", "3", names.DECISION_REJECTED, at("b"))
+    assert reason.startswith("already trained: m v3 was trained on exactly this data")
+    assert "rejected" in reason
+
+
+def test_an_unfinished_version_does_not():
+    assert skip_reason("m", None, None, at("b")) is None
+    assert skip_reason("m", "3", None, at("b")) is None
+    assert skip_reason("m", "3", names.DECISION_PROMOTING, at("b")) is None
+    assert skip_reason("m", "3", names.DECISION_ROLLED_BACK, at("b")) is None
