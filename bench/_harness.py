@@ -50,12 +50,12 @@ def configure(prefix: str) -> Path:
 
 class PrefectServer:
     def __init__(self, root: Path):
-        from driftloop.supervisor import Service, Supervisor
+        from driftloop.supervisor import Component, Supervisor
 
         port = int(os.environ["DRIFTLOOP_BENCH_PREFECT_PORT"])
         state = root / ".driftloop"
-        self.supervisor = Supervisor(state / "run", log=lambda _: None)
-        self.service = Service(
+        self.supervisor = Supervisor(state / "run", service_id="bench", log=lambda _: None)
+        self.service = Component(
             name="prefect-server",
             argv=[sys.executable, "-m", "prefect", "server", "start", "--host",
                   "127.0.0.1", "--port", str(port)],

@@ -68,11 +68,105 @@ def ensure_default_blocks(
     return created
 
 
-def ensure_work_pool(name: str = names.WORK_POOL) -> None:
-    """Create the process work pool the deployments run on, if it does not exist."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+def pool_job_template(current: dict | None = None) -> dict:
+    """The process pool's base job template: Prefect's default (or the pool's current one),
+    with flow-run output *not* streamed through the worker.
 
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+    Streamed output runs through a pipe to the worker; if the worker dies, the run's next log
+    line hits the broken pipe and the run crashes with it. Unstreamed, a run outlives its
+    worker and finishes; its logs are in the Prefect API (the run's Logs tab) either way.
+    """
+    import copy
+
+    from prefect.workers.process import ProcessWorker
+
+    template = copy.deepcopy(current or ProcessWorker.get_default_base_job_template())
+    template["variables"]["properties"]["stream_output"]["default"] = False
+    return template
+
+
+def ensure_work_pool(name: str = names.WORK_POOL) -> None:
+    """Create the process work pool the deployments run on, or bring its template up to
+    date (only `stream_output` is driftloop's; other edits to the pool are kept)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(
+                    WorkPoolCreate(name=name, type="process", base_job_template=pool_job_template())
+                )
+            return
+        wanted = pool_job_template(pool.base_job_template)
+        if wanted != pool.base_job_template:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=wanted))
+
+
+def zombie_automation(heartbeat_s: int, missed: int = 4):
+    """Prefect's documented zombie detection, for driftloop's flow runs: after a heartbeat,
+    expect another event of the run (a heartbeat or a state change) within `missed`
+    heartbeat intervals; if none comes, the run's process is gone, so mark it Crashed.
+
+    Flow runs send heartbeats every `heartbeat_s` seconds when PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    says so (driftloop's worker sets it). This covers runs on any machine; the service's own
+    sweep (driftloop.recovery) also catches runs that never reached Running.
+    """
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    within = heartbeat_s * missed
+    return Automation(
+        name=names.ZOMBIE_AUTOMATION,
+        description=(
+            f"Marks a driftloop flow run Crashed when it sent no heartbeat for {within}s "
+            "(its process is gone). driftloop resumes such runs."
+        ),
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            # Any event of the run counts: the state events are named after the state's name
+            # (a custom Completed name too), so a list of names would miss some.
+            expect={"prefect.flow-run.*"},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": f"prefect.tag.{names.TAG_DRIFTLOOP}"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=(
+                    f"{names.CRASH_NO_HEARTBEAT}: the run sent no heartbeat for {within}s, "
+                    f"so its process is gone (marked Crashed by the automation "
+                    f"{names.ZOMBIE_AUTOMATION})"
+                ),
+            )
+        ],
+    )
+
+
+def ensure_zombie_automation(heartbeat_s: int) -> None:
+    """Create the zombie-detection automation, or replace it if its definition changed."""
+    from prefect.automations import Automation
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = zombie_automation(heartbeat_s)
+    try:
+        current = Automation.read(name=names.ZOMBIE_AUTOMATION)
+    except (ObjectNotFound, ValueError):
+        current = None
+    if current is not None:
+        same = current.model_dump(exclude={"id"}) == wanted.model_dump(exclude={"id"})
+        if same:
+            return
+        current.delete()
+    wanted.create()

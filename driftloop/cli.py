@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     batch = commands.add_parser("add-batch", help="add a batch to the demo data registry")
     batch.add_argument("--rows", type=int, default=4000, help="customers in the batch")
     batch.add_argument("--seed", type=int, default=42)
+    batch.add_argument(
+        "--count", type=int, default=1, help="push this many batches back to back (seeds seed, "
+        "seed+1, ...), each announced as it is pushed",
+    )  # fmt: skip
     batch.add_argument("--drift", action="store_true", help="a clearly drifted batch")
     batch.add_argument(
         "--shift",
@@ -106,13 +110,16 @@ def main(argv: list[str] | None = None) -> int:
             new_categories=dict(item.split("=", 1) for item in args.new_category),
         )
         drift = STRONG_DRIFT if args.drift and not custom.is_drifted else custom
-        revision = add_batch(settings, rows=args.rows, drift=drift, seed=args.seed)
-        print(
-            f"Added {revision.tag} ({revision.commit[:8]}): {revision.rows} labeled rows, "
-            f"md5 {revision.md5}"
-        )
-        if not args.no_announce:
-            _announce(revision)
+        if args.count < 1:
+            raise SystemExit(f"--count must be at least 1, got {args.count}")
+        for i in range(args.count):
+            revision = add_batch(settings, rows=args.rows, drift=drift, seed=args.seed + i)
+            print(
+                f"Added {revision.tag} ({revision.commit[:8]}): {revision.rows} labeled rows, "
+                f"md5 {revision.md5}"
+            )
+            if not args.no_announce:
+                _announce(revision)
         return 0
     return 2
 

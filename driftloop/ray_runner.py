@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,19 +32,30 @@ if TYPE_CHECKING:
     from blocks.ray import RayCluster
 
 
+# Pauses between attempts to start or reach Ray (see _init_with_retries).
+RAY_INIT_RETRY_PAUSES_S = (5.0, 15.0)
+
 # Ray puts Unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, and
 # a socket path may not exceed 107 bytes: that leaves about 44 characters for <temp>.
 _MAX_RAY_TEMP_DIR = 44
+
+
+def ray_temp_path(state_dir: Path) -> Path:
+    """Where Ray is told its temp dir is: the state folder itself, or a short symlink to it
+    if that path is too long for Ray's Unix sockets."""
+    if len(str(state_dir)) <= _MAX_RAY_TEMP_DIR:
+        return state_dir
+    digest = hashlib.md5(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"driftloop-ray-{digest}"
 
 
 def ray_temp_dir(state_dir: Path) -> Path:
     """Ray's temp dir: in the state folder, or reached through a short symlink if that path
     is too long for Ray's Unix sockets (the files still live in the state folder)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    if len(str(state_dir)) <= _MAX_RAY_TEMP_DIR:
+    link = ray_temp_path(state_dir)
+    if link == state_dir:
         return state_dir
-    digest = hashlib.md5(str(state_dir.resolve()).encode()).hexdigest()[:10]
-    link = Path(tempfile.gettempdir()) / f"driftloop-ray-{digest}"
     if not link.is_symlink() or link.resolve() != state_dir.resolve():
         link.unlink(missing_ok=True)
         link.symlink_to(state_dir.resolve(), target_is_directory=True)
@@ -111,21 +123,43 @@ class DriftloopRayTaskRunner(RayTaskRunner):
         kwargs.update(self.init_kwargs)
         if address:
             self.mode = f"cluster at {address}"
-            ray.init(address=address, **kwargs)
+            kwargs["address"] = address
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            temp_dir = ray_temp_dir(get_settings().ray_dir)
             self.mode = "local Ray"
-            ray.init(
+            kwargs.update(
                 num_cpus=(cluster.num_cpus if cluster else None) or os.cpu_count(),
                 include_dashboard=False,
-                _temp_dir=str(temp_dir),
-                **kwargs,
+                _temp_dir=str(ray_temp_dir(get_settings().ray_dir)),
             )
+        self._init_with_retries(kwargs)
         self._owns_ray = True
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = ray.cluster_resources().get("CPU", 0)
         self.logger.info("Tasks run on %s: %d node(s), %g CPUs", self.mode, len(nodes), cpus)
+
+    def _init_with_retries(self, kwargs: dict[str, Any]) -> None:
+        """`ray.init`, tried again after a pause if it fails: on a busy machine a local Ray
+        node can time out during start-up ("The current node timed out during startup"). Each
+        failure is logged; the last one fails the task with a message that names Ray."""
+        import ray
+
+        for attempt, pause in enumerate((*RAY_INIT_RETRY_PAUSES_S, None), start=1):
+            try:
+                ray.init(**kwargs)
+                return
+            except Exception as exc:
+                ray.shutdown()
+                if pause is None:
+                    raise RuntimeError(
+                        f"Ray did not start ({self.mode}) after {attempt} attempts: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                self.logger.warning(
+                    "Ray did not start (%s, attempt %d): %s: %s; trying again in %gs",
+                    self.mode, attempt, type(exc).__name__, exc, pause,
+                )  # fmt: skip
+                time.sleep(pause)
 
     def share(self, value: Any) -> Any:
         """Put a large input into Ray's object store once; pass the returned reference to many

@@ -103,6 +103,16 @@ class DriftloopSettings(BaseSettings):
         """PID files of the processes ``driftloop up`` started."""
         return self.home / "run"
 
+    @cached_property
+    def worker_name(self) -> str:
+        """Name of this service's Prefect worker: flow runs record it (label
+        `prefect.worker.name`), which tells this machine's runs from other machines'."""
+        import hashlib
+        import socket
+
+        digest = hashlib.md5(str(self.home.resolve()).encode()).hexdigest()[:8]
+        return f"driftloop-{socket.gethostname()}-{digest}"
+
     @property
     def feature_repo_dir(self) -> Path:
         return self.feature_repo

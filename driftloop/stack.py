@@ -1,9 +1,15 @@
 """`driftloop up`: the embedded stack in the foreground, and `driftloop down`.
 
 Prefect server (SQLite) + MLflow server (SQLite, local artifacts)
-  -> block types and default documents -> demo data registry and feature repo
+  -> block types, default documents, work pool, zombie-detection automation
+  -> recover runs a previous stop or crash interrupted -> demo data registry and feature repo
   -> `prefect deploy --all` (prefect.yaml) -> a process worker on the work pool
-  -> first training run through the server -> serve until SIGINT/SIGTERM
+  -> first training run through the server -> supervise until SIGINT/SIGTERM
+
+While it runs, components that die are restarted (with backoff, within a budget), and a
+background sweep crashes and resumes flow runs whose process is gone (driftloop.recovery).
+On SIGINT/SIGTERM the worker stops first, the runs it had in flight are recorded as Crashed
+("service stopped"), then the servers stop.
 """
 
 from __future__ import annotations
@@ -15,15 +21,28 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from driftloop import names
+from driftloop.recovery import RunJanitor
 from driftloop.settings import PROJECT_ROOT, DriftloopSettings
-from driftloop.supervisor import Service, StartupError, Supervisor, stop_from_pid_files, tail
+from driftloop.supervisor import (
+    Component,
+    RestartBudgetExhausted,
+    StartupError,
+    Supervisor,
+    stop_from_pid_files,
+    tail,
+)
 
 Log = Callable[[str], None]
+
+# Flow runs send a heartbeat this often; four missed heartbeats mark a run as a zombie.
+HEARTBEAT_S = 30
+# How often the service looks for runs whose process is gone.
+SWEEP_S = 30.0
 
 
 def stack_env(settings: DriftloopSettings) -> dict[str, str]:
@@ -42,73 +61,64 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     # An event should start its flow run within a few seconds: the worker asks for due runs
     # every second instead of every 10 (load on an idle local server is negligible).
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
+    # Flow runs (children of the worker) send heartbeats, which the zombie automation watches.
+    env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
+    # Deployment concurrency leases survive a server restart on disk (under PREFECT_HOME).
+    # Kept in memory (Prefect's default), a restart loses them: the running flow's next lease
+    # renewal then fails and Prefect cancels it, and a slot can stay taken for good.
+    env.setdefault(
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE",
+        "prefect.server.concurrency.lease_storage.filesystem",
+    )
+    # A run queued behind a deployment's concurrency limit asks for the slot again after this
+    # many seconds (Prefect's default is 30) ...
+    env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "6")
+    # ... but only if the worker does not fetch runs that far ahead: it takes runs due within
+    # its prefetch window (default 10 s), so with the default it would ask for the slot again
+    # at once, every second, for every queued run, and flood the database with state writes.
+    env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "2")
     return env
 
 
-def _services(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, Service]:
+def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, Component]:
     python = sys.executable
     logs = settings.logs_dir
+    timeout = settings.startup_timeout_s
     return {
-        "prefect-server": Service(
+        "prefect-server": Component(
             name="prefect-server",
-            argv=[
-                python,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.prefect_port),
-            ],
+            argv=[python, "-m", "prefect", "server", "start", "--host", settings.host,
+                  "--port", str(settings.prefect_port)],
             env=env,
             log_file=logs / "prefect-server.log",
             health_url=f"{settings.prefect_api_url}/health",
             port=settings.prefect_port,
+            startup_timeout_s=timeout,
         ),
-        "mlflow-server": Service(
+        "mlflow-server": Component(
             name="mlflow-server",
-            argv=[
-                python,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                settings.mlflow_backend_uri,
-                "--artifacts-destination",
-                str(settings.mlflow_artifacts_dir),
-                "--host",
-                settings.host,
-                "--port",
-                str(settings.mlflow_port),
-                "--workers",
-                "1",
-            ],
+            argv=[python, "-m", "mlflow", "server",
+                  "--backend-store-uri", settings.mlflow_backend_uri,
+                  "--artifacts-destination", str(settings.mlflow_artifacts_dir),
+                  "--host", settings.host, "--port", str(settings.mlflow_port),
+                  "--workers", "1"],
             env=env,
             log_file=logs / "mlflow-server.log",
             health_url=f"{settings.mlflow_url}/health",
             port=settings.mlflow_port,
+            startup_timeout_s=timeout,
         ),
-        "prefect-worker": Service(
+        "prefect-worker": Component(
             name="prefect-worker",
-            argv=[
-                python,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                names.WORK_POOL,
-                "--type",
-                "process",
-            ],
+            argv=[python, "-m", "prefect", "worker", "start", "--pool", names.WORK_POOL,
+                  "--type", "process", "--name", settings.worker_name],
             env=env,
             log_file=logs / "prefect-worker.log",
             term_signals=2,
             cwd=PROJECT_ROOT,
+            startup_timeout_s=timeout,
         ),
-    }
+    }  # fmt: skip
 
 
 def deploy_all(settings: DriftloopSettings, env: dict[str, str]) -> None:
@@ -130,18 +140,6 @@ def deploy_all(settings: DriftloopSettings, env: dict[str, str]) -> None:
         )
 
 
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    with (
-        path.open("a") as handle,
-        contextlib.redirect_stdout(handle),
-        contextlib.redirect_stderr(handle),
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore", DeprecationWarning)
-        yield
-
-
 def _has_champion() -> bool:
     from blocks.mlflow import MlflowTracking
     from tasks.register_model import alias_version
@@ -151,13 +149,41 @@ def _has_champion() -> bool:
     return alias_version(client, config.registered_model_name, names.ALIAS_CHAMPION) is not None
 
 
+def _training_in_flight(deployment_name: str) -> bool:
+    """A training run of the deployment that is scheduled (a resumed one, say) or running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    deployment = deployment_name.split("/", 1)[-1]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(
+                        any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]
+                    )
+                )
+            ),
+            limit=20,
+        )
+    # Leave out the runs the schedule created ahead of time (e.g. tonight's retraining).
+    return any(r.state and r.state.name != "Scheduled" for r in runs)
+
+
 class _TrainingWatch:
     """Follows the first training run and reports how it ended."""
 
-    def __init__(self, flow_run_id, ui_url: str, worker_log: str, log: Log):
+    def __init__(self, flow_run_id, ui_url: str, log: Log):
         self.flow_run_id = flow_run_id
         self.ui_url = ui_url
-        self.worker_log = worker_log
         self.log = log
         self.done = False
 
@@ -176,9 +202,49 @@ class _TrainingWatch:
             self.log(f"Training run {run.name!r} completed: {url}")
         else:
             self.log(
-                f"Training run {run.name!r} ended {run.state.name}: {url}\n"
-                f"  (worker log: {self.worker_log})"
+                f"Training run {run.name!r} ended {run.state.name}: {url}\n  ({run.state.message})"
             )
+
+
+class _Background:
+    """Periodic work that talks to the Prefect API, off the supervision loop: an API call can
+    block for a minute while a server restarts, and restarts must not wait for it."""
+
+    def __init__(self, log: Log):
+        self.log = log
+        self.jobs: list[tuple[float, Callable[[], None]]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="driftloop-sweeps", daemon=True)
+        self._last_error: dict[str, str] = {}
+
+    def every(self, seconds: float, job: Callable[[], None]) -> None:
+        self.jobs.append((seconds, job))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        due = [0.0 for _ in self.jobs]
+        while not self.stopped.wait(1.0):
+            now = time.monotonic()
+            for i, (seconds, job) in enumerate(self.jobs):
+                if now < due[i]:
+                    continue
+                due[i] = now + seconds
+                name = getattr(job, "__name__", "job")
+                try:
+                    job()
+                    self._last_error.pop(name, None)
+                except Exception as exc:  # the server may be restarting: try again later
+                    text = f"{type(exc).__name__}: {exc}"
+                    if self._last_error.get(name) != text:
+                        self.log(f"  ({name} failed, will retry: {text[:300]})")
+                    self._last_error[name] = text
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=90)
 
 
 def _claim_initial_revision(revision) -> None:
@@ -189,6 +255,37 @@ def _claim_initial_revision(revision) -> None:
 
     dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
     claim_revision(dataset.name, revision.md5, revision.commit, by="driftloop up (initial data)")
+
+
+@contextlib.contextmanager
+def _narration_to(path: Path) -> Iterator[None]:
+    """Send what Feast and DVC print while the demo is set up (and their INFO logs) to a log
+    file; the terminal keeps driftloop's own lines."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("dvc", "feast")]
+    levels = [logger.level for logger in loggers]
+    with (
+        path.open("a") as handle,
+        contextlib.redirect_stdout(handle),
+        contextlib.redirect_stderr(handle),
+    ):
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _recover(janitor: RunJanitor, log: Log) -> None:
+    """Before the worker starts, no flow run of the pool can have a live process from this
+    service: end every run a previous stop or crash left in flight, then resume them."""
+    crashed = janitor.crash_zombies(pending_grace_s=0.0)
+    resumed = janitor.resume_interrupted()
+    if crashed or resumed:
+        log(f"  recovered {len(crashed)} interrupted run(s), resumed {len(resumed)}")
 
 
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
@@ -209,15 +306,18 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     parent = os.getppid()
-    supervisor = Supervisor(settings.run_dir, log)
-    services = _services(settings, env)
+    supervisor = Supervisor(settings.run_dir, service_id=uuid.uuid4().hex, log=log)
+    components = _components(settings, env)
+    janitor = RunJanitor(worker_name=settings.worker_name, log=log)
+    background = _Background(log)
     started = time.monotonic()
+    code = 0
     try:
         log(f"Starting driftloop (state in {settings.home})")
         for name in ("prefect-server", "mlflow-server"):
-            supervisor.start(services[name])
+            supervisor.start(components[name])
         for name in ("prefect-server", "mlflow-server"):
-            took = supervisor.wait_healthy(services[name], settings.startup_timeout_s)
+            took = supervisor.wait_healthy(components[name], settings.startup_timeout_s)
             log(f"  {name} healthy after {took:.1f}s")
             if stop.is_set():
                 return 130
@@ -227,10 +327,13 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         bootstrap.register_block_types()
         bootstrap.ensure_default_blocks(settings, log)
         bootstrap.ensure_work_pool()
+        bootstrap.ensure_zombie_automation(HEARTBEAT_S)
+        _recover(janitor, log)
         if with_demo:
             from driftloop.demo.setup import prepare_demo
 
-            revisions = prepare_demo(settings)
+            with _narration_to(settings.logs_dir / "demo-setup.log"):
+                revisions = prepare_demo(settings)
             if revisions:
                 log(
                     f"  prepared demo data registry: {len(revisions)} batches, "
@@ -239,23 +342,25 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
                 _claim_initial_revision(revisions[-1])
         deploy_all(settings, env)
         log("  deployed prefect.yaml")
-        supervisor.start(services["prefect-worker"])
-        supervisor.wait_healthy(services["prefect-worker"], 5)
+        supervisor.start(components["prefect-worker"])
+        supervisor.wait_healthy(components["prefect-worker"], 5)
+
+        from deployments import TRAIN_CHURN_MODEL
 
         watch = None
-        if with_demo and not _has_champion():
+        if (
+            with_demo
+            and not _has_champion()
+            and not _training_in_flight(TRAIN_CHURN_MODEL.full_name)
+        ):
             from prefect.deployments import run_deployment
-
-            from deployments import TRAIN_CHURN_MODEL
 
             flow_run = run_deployment(
                 TRAIN_CHURN_MODEL.full_name,
                 timeout=0,
-                parameters={"trigger": {"reason": "first start"}},
+                parameters={"trigger": {"reason": names.REASON_FIRST_START}},
             )
-            watch = _TrainingWatch(
-                flow_run.id, settings.prefect_ui_url, str(services["prefect-worker"].log_file), log
-            )
+            watch = _TrainingWatch(flow_run.id, settings.prefect_ui_url, log)
 
         log(
             f"\ndriftloop is up in {time.monotonic() - started:.0f}s\n"
@@ -268,33 +373,64 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             )
             + "Press Ctrl-C to stop."
         )
+
+        def sweep_runs() -> None:
+            if supervisor.is_running("prefect-server"):
+                janitor.crash_zombies()
+                janitor.resume_interrupted()
+
+        def follow_first_training() -> None:
+            if watch and supervisor.is_running("prefect-server"):
+                watch.poll()
+
+        background.every(SWEEP_S, sweep_runs)
+        background.every(2.0, follow_first_training)
+        background.start()
         while not stop.wait(1.0):
-            dead = supervisor.dead()
-            if dead:
-                for service in dead:
-                    log(
-                        f"{service.name} exited unexpectedly (code {service.process.returncode}). "
-                        f"Last lines of {service.log_file}:\n{tail(service.log_file)}"
-                    )
-                return 1
+            supervisor.watch()
             if os.getppid() != parent:
                 log("Parent process went away; stopping.")
                 break
-            if watch:
-                watch.poll()
-        return 0
     except StartupError as exc:
         log(f"driftloop failed to start: {exc}")
-        return 1
+        code = 1
+    except RestartBudgetExhausted as exc:
+        log(f"driftloop is stopping: {exc}.")
+        code = 1
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
         # A second Ctrl-C during shutdown should not leave half-stopped processes behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         log("Stopping driftloop...")
-        supervisor.stop_all()
+        background.stop()
+        _shutdown(supervisor, components, janitor, log)
         signal.signal(signal.SIGINT, previous_handlers[signal.SIGINT])
         log("Stopped.")
+    return code
+
+
+def _shutdown(
+    supervisor: Supervisor, components: dict[str, Component], janitor: RunJanitor, log: Log
+) -> None:
+    """Worker first, so no new run starts; then record the runs it had in flight as Crashed
+    ("service stopped") while the server is still up; then everything else."""
+    worker = components["prefect-worker"]
+    if worker in supervisor.components:
+        supervisor.stop(worker)
+    if supervisor.is_running("prefect-server"):
+        try:
+            in_flight = janitor.in_flight()
+            if in_flight:
+                log(f"  recording {len(in_flight)} flow run(s) in flight as Crashed")
+            janitor.stop_in_flight(in_flight)
+        except Exception as exc:  # never let this keep the servers from stopping
+            log(f"  could not record the runs in flight ({type(exc).__name__}: {exc})")
+    with contextlib.suppress(Exception):
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=5)
+    supervisor.stop_all()
 
 
 def down(settings: DriftloopSettings, log: Log = print) -> int:

@@ -1,9 +1,20 @@
-"""Start, health-check and stop the embedded stack's processes, leaving no orphans behind.
+"""Start, watch, restart and stop the embedded stack's processes, leaving no orphans behind.
 
-Each service runs in its own session, and stopping it signals every process of that session:
-MLflow's ``huey_consumer`` children, the flow runs of a Prefect worker, and the Ray processes a
-flow run starts (Ray puts its workers in process groups of their own, but not in new sessions).
-PID files under ``run/`` let ``driftloop down`` stop a stack whose supervisor was killed.
+Each component runs in a session of its own; stopping it signals every process of that
+session (MLflow's uvicorn child, the Prefect server's own children). A component that exits
+unexpectedly is restarted with backoff, up to a restart budget; only a spent budget stops the
+stack. Every process the supervisor starts carries a service id in its environment, inherited
+by everything it starts in turn (flow-run processes, their Ray workers), so stopping the stack
+can find and stop them all, and so can `driftloop down` after the supervisor was killed.
+
+Example:
+    >>> supervisor = Supervisor(run_dir, service_id="5f0c...", log=print)
+    >>> server = supervisor.start(Component("prefect-server", argv, env, log_file,
+    ...                                     health_url="http://127.0.0.1:4200/api/health"))
+    >>> supervisor.wait_healthy(server, timeout_s=90)
+    >>> while running:
+    ...     supervisor.watch()        # restarts what died; raises RestartBudgetExhausted
+    >>> supervisor.stop_all()
 """
 
 from __future__ import annotations
@@ -17,20 +28,63 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+import psutil
+
+# Every process of a running service has this in its environment (see module docstring).
+SERVICE_ID_ENV = "DRIFTLOOP_SERVICE_ID"
+SERVICE_ID_FILE = "service.id"
+
+Log = Callable[[str], None]
 
 
 class StartupError(RuntimeError):
     """A component did not come up; the message names it and says why."""
 
 
+class RestartBudgetExhausted(RuntimeError):
+    """A component kept dying: it used up its restart budget, so the stack must stop."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How often a component may be restarted, and how long to wait before each restart.
+
+    The budget is a sliding window: at most `max_restarts` restarts within `window_s` seconds.
+    A component that stays up regains its budget as old restarts leave the window.
+    """
+
+    max_restarts: int = 5
+    window_s: float = 600.0
+    backoff_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+    def delay(self, recent_restarts: int) -> float:
+        """Backoff before the next restart, given how many restarts the window holds."""
+        return self.backoff_s[min(recent_restarts, len(self.backoff_s) - 1)]
+
+    def recent(self, restarts: Iterable[float], now: float) -> list[float]:
+        """The restart times still inside the window."""
+        return [t for t in restarts if now - t < self.window_s]
+
+    def exhausted(self, restarts: Iterable[float], now: float) -> bool:
+        """True if one more restart would exceed the budget."""
+        return len(self.recent(restarts, now)) >= self.max_restarts
+
+
+class Status(Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+
+
 @dataclass
-class Service:
-    """A long-running process of the stack."""
+class Component:
+    """A long-running process of the stack, and what the supervisor knows about it."""
 
     name: str
     argv: list[str]
@@ -42,7 +96,14 @@ class Service:
     # need a second one to stop.
     term_signals: int = 1
     cwd: Path | None = None
+    # None: the component is not restarted; its exit stops the stack.
+    restart: RestartPolicy | None = field(default_factory=RestartPolicy)
+    startup_timeout_s: float = 90.0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    status: Status = Status.STOPPED
+    restarts: list[float] = field(default_factory=list, repr=False)
+    next_start_at: float = 0.0
+    started_at: float = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -50,10 +111,15 @@ class Service:
 
 
 def _die_with_parent() -> None:
-    """Child-side: get SIGTERM if the supervisor dies without stopping us (Linux)."""
+    """Child-side: get SIGTERM if the supervisor dies without stopping us.
+
+    Linux's parent-death signal has no wrapper in the standard library or in psutil, so this
+    is the one place that calls prctl(2) directly.
+    """
+    pr_set_pdeathsig = 1
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
     except OSError:
         pass
 
@@ -71,18 +137,22 @@ def tail(path: Path, lines: int = 25) -> str:
         return "(no log written)"
 
 
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) PIDs of session ``sid``, from /proc."""
+    """Live (non-zombie) PIDs of session ``sid``."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for process in psutil.process_iter():
         try:
-            # The command name may contain spaces; the fields after its closing paren are fixed.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            if os.getsid(process.pid) == sid and _alive(process):
+                members.append(process.pid)
+        except (OSError, psutil.Error):
             continue
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            members.append(int(stat.parent.name))
     return members
 
 
@@ -91,112 +161,47 @@ def session_alive(sid: int) -> bool:
     return bool(session_members(sid))
 
 
-def signal_session(sid: int, sig: int) -> None:
-    for pid in session_members(sid):
+def signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
 
 
-class Supervisor:
-    """Owns a set of services: starts them in order, stops them in reverse order."""
-
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print):
-        self.run_dir = run_dir
-        self.services: list[Service] = []
-        self.log = log
-
-    # --- start ----------------------------------------------------------------------------
-    def start(self, service: Service) -> Service:
-        if service.port is not None and port_in_use("127.0.0.1", service.port):
-            raise StartupError(
-                f"{service.name}: port {service.port} is already in use. Is another driftloop "
-                "running? Stop it with `make down`, or choose another port in the settings."
-            )
-        service.log_file.parent.mkdir(parents=True, exist_ok=True)
-        log_handle = service.log_file.open("ab")
-        service.process = subprocess.Popen(
-            service.argv,
-            env=service.env,
-            cwd=service.cwd,
-            stdout=log_handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded at this point
-        )
-        log_handle.close()
-        self.services.append(service)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / f"{service.name}.pid").write_text(
-            f"{service.process.pid} {service.term_signals}\n"
-        )
-        return service
-
-    def wait_healthy(self, service: Service, timeout_s: float) -> float:
-        """Block until the service answers its health URL; return seconds taken."""
-        assert service.process is not None
-        started = time.monotonic()
-        last_error = "no answer yet"
-        while time.monotonic() - started < timeout_s:
-            code = service.process.poll()
-            if code is not None:
-                raise StartupError(
-                    f"{service.name} exited with code {code} during start-up. "
-                    f"Last lines of {service.log_file}:\n{tail(service.log_file)}"
-                )
-            if service.health_url is None:
-                return time.monotonic() - started
-            try:
-                with urllib.request.urlopen(service.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-                    last_error = f"HTTP {response.status}"
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
-                last_error = str(getattr(exc, "reason", exc))
-            time.sleep(0.25)
-        raise StartupError(
-            f"{service.name} did not become healthy at {service.health_url} within "
-            f"{timeout_s:.0f}s ({last_error}). Last lines of {service.log_file}:\n"
-            f"{tail(service.log_file)}"
-        )
-
-    def dead(self) -> list[Service]:
-        """Services whose process has exited."""
-        return [s for s in self.services if s.process and s.process.poll() is not None]
-
-    # --- stop -----------------------------------------------------------------------------
-    def stop_all(self, timeout_s: float = 20.0) -> None:
-        for service in reversed(self.services):
-            if service.process is not None:
-                stop_session(
-                    service.process.pid, service.term_signals, timeout_s, service.name, self.log
-                )
-                service.process.wait(timeout=5)
-            (self.run_dir / f"{service.name}.pid").unlink(missing_ok=True)
-        self.services.clear()
+def processes_with_env(key: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment sets ``key=value`` (other than this process)."""
+    found = []
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(key) == value and _alive(process):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
 
 
-def stop_session(
-    sid: int,
+def stop_processes(
+    find: Callable[[], list[int]],
+    *,
     term_signals: int,
     timeout_s: float,
     name: str,
-    log: Callable[[str], None],
+    log: Log,
     reap: Callable[[], object] = lambda: None,
 ) -> None:
-    """SIGTERM a session (as many times as its leader needs), then SIGKILL leftovers.
+    """SIGTERM what ``find`` returns (as many times as its leader needs), then SIGKILL
+    leftovers. ``reap`` lets a parent collect its exited child, which would otherwise linger
+    as a zombie and look alive."""
 
-    ``reap`` lets the parent collect its exited child, which would otherwise linger as a zombie.
-    """
-
-    def alive() -> bool:
+    def alive() -> list[int]:
         reap()
-        return session_alive(sid)
+        return find()
 
     if not alive():
         return
     for attempt in range(term_signals):
-        signal_session(sid, signal.SIGTERM)
+        signal_pids(alive(), signal.SIGTERM)
         deadline = time.monotonic() + (timeout_s if attempt == term_signals - 1 else 2.0)
         while time.monotonic() < deadline and alive():
             time.sleep(0.1)
@@ -204,10 +209,235 @@ def stop_session(
             log(f"  stopped {name}")
             return
     log(f"  {name} did not stop within {timeout_s:.0f}s; killing it")
-    signal_session(sid, signal.SIGKILL)
+    signal_pids(alive(), signal.SIGKILL)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and alive():
         time.sleep(0.1)
+
+
+def stop_session(
+    sid: int,
+    term_signals: int,
+    timeout_s: float,
+    name: str,
+    log: Log,
+    reap: Callable[[], object] = lambda: None,
+) -> None:
+    """Stop every process of session ``sid``."""
+    stop_processes(
+        lambda: session_members(sid),
+        term_signals=term_signals,
+        timeout_s=timeout_s,
+        name=name,
+        log=log,
+        reap=reap,
+    )
+
+
+class Supervisor:
+    """Owns the stack's components: starts them, restarts the ones that die, stops them in
+    reverse order."""
+
+    def __init__(self, run_dir: Path, service_id: str, log: Log = print):
+        self.run_dir = run_dir
+        self.service_id = service_id
+        self.components: list[Component] = []
+        self.log = log
+
+    # --- start ----------------------------------------------------------------------------
+    def start(self, component: Component) -> Component:
+        """Start a component (for the first time) in a session of its own."""
+        if component.port is not None and port_in_use("127.0.0.1", component.port):
+            raise StartupError(
+                f"{component.name}: port {component.port} is already in use. Is another "
+                "driftloop running? Stop it with `make down`, or choose another port in the "
+                "settings."
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / SERVICE_ID_FILE).write_text(self.service_id + "\n")
+        self._spawn(component)
+        self.components.append(component)
+        return component
+
+    def _spawn(self, component: Component) -> None:
+        component.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with component.log_file.open("ab") as log_handle:
+            component.process = subprocess.Popen(
+                component.argv,
+                env={**component.env, SERVICE_ID_ENV: self.service_id},
+                cwd=component.cwd,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads fork here
+            )
+        component.status = Status.STARTING
+        component.started_at = time.monotonic()
+        (self.run_dir / f"{component.name}.pid").write_text(
+            f"{component.process.pid} {component.term_signals}\n"
+        )
+
+    def healthy_now(self, component: Component) -> bool:
+        """One health probe: the health URL answers 200 (or, without one, the process runs)."""
+        if component.process is None or component.process.poll() is not None:
+            return False
+        if component.health_url is None:
+            return True
+        try:
+            with urllib.request.urlopen(component.health_url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def wait_healthy(self, component: Component, timeout_s: float) -> float:
+        """Block until the component answers its health URL; return seconds taken."""
+        assert component.process is not None
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            code = component.process.poll()
+            if code is not None:
+                raise StartupError(
+                    f"{component.name} exited with code {code} during start-up. "
+                    f"Last lines of {component.log_file}:\n{tail(component.log_file)}"
+                )
+            if self.healthy_now(component):
+                component.status = Status.RUNNING
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise StartupError(
+            f"{component.name} did not become healthy at {component.health_url} within "
+            f"{timeout_s:.0f}s. Last lines of {component.log_file}:\n{tail(component.log_file)}"
+        )
+
+    def is_running(self, name: str) -> bool:
+        return any(c.name == name and c.status is Status.RUNNING for c in self.components)
+
+    # --- watch ----------------------------------------------------------------------------
+    def watch(self) -> None:
+        """One supervision step: notice exits, restart after backoff, confirm health.
+
+        Raises RestartBudgetExhausted when a component died more often than its policy
+        allows (or has no restart policy), naming it and quoting its log.
+        """
+        now = time.monotonic()
+        for component in self.components:
+            if component.status in (Status.STARTING, Status.RUNNING):
+                code = component.process.poll() if component.process else None
+                if code is not None:
+                    self._exited(component, f"exited unexpectedly (code {code})", now)
+                elif component.status is Status.STARTING:
+                    self._check_started(component, now)
+            elif component.status is Status.BACKOFF and now >= component.next_start_at:
+                if component.port is not None and port_in_use("127.0.0.1", component.port):
+                    # The old process still holds the port; it was just killed, so wait.
+                    component.next_start_at = now + 1.0
+                    continue
+                self._spawn(component)
+                component.restarts.append(now)
+                self.log(
+                    f"Restarting {component.name} (restart {len(component.restarts)}; "
+                    f"budget {component.restart.max_restarts} per "
+                    f"{component.restart.window_s / 60:g} min)"
+                )
+
+    def _check_started(self, component: Component, now: float) -> None:
+        if self.healthy_now(component):
+            component.status = Status.RUNNING
+            if component.restarts:
+                self.log(f"{component.name} is healthy again")
+        elif now - component.started_at > component.startup_timeout_s:
+            self._exited(
+                component,
+                f"did not become healthy within {component.startup_timeout_s:.0f}s",
+                now,
+            )
+
+    def _exited(self, component: Component, why: str, now: float) -> None:
+        """A component died (or never became healthy): stop what is left of its session,
+        then schedule a restart or give up."""
+        assert component.process is not None
+        self.log(
+            f"{component.name} {why}. Last lines of {component.log_file}:\n"
+            f"{tail(component.log_file, 15)}"
+        )
+        # Children of the old process may hold its port (MLflow's uvicorn does).
+        stop_session(
+            component.process.pid, 1, 10.0, f"what was left of {component.name}", self.log,
+            reap=component.process.poll,
+        )  # fmt: skip
+        policy = component.restart
+        recent = policy.recent(component.restarts, now) if policy else []
+        if policy is None or policy.exhausted(component.restarts, now):
+            component.status = Status.STOPPED
+            budget = (
+                f"it was restarted {len(recent)} times in the last "
+                f"{policy.window_s / 60:g} minutes, its whole budget"
+                if policy
+                else "it is not restarted"
+            )
+            raise RestartBudgetExhausted(f"{component.name} {why} and {budget}")
+        delay = policy.delay(len(recent))
+        component.status = Status.BACKOFF
+        component.next_start_at = now + delay
+        self.log(f"  restarting {component.name} in {delay:g}s")
+
+    # --- stop -----------------------------------------------------------------------------
+    def stop(self, component: Component, timeout_s: float = 20.0) -> None:
+        if component.process is not None:
+            stop_session(
+                component.process.pid, component.term_signals, timeout_s, component.name,
+                self.log, reap=component.process.poll,
+            )  # fmt: skip
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                component.process.wait(timeout=5)
+        component.status = Status.STOPPED
+        (self.run_dir / f"{component.name}.pid").unlink(missing_ok=True)
+
+    def stop_all(self, timeout_s: float = 20.0) -> None:
+        """Stop the components in reverse start order, then anything else the service
+        started (flow-run processes, their Ray workers)."""
+        for component in reversed(self.components):
+            if component.status is not Status.STOPPED:
+                self.stop(component, timeout_s)
+        self.components.clear()
+        stop_service_processes(self.service_id, self.log)
+        (self.run_dir / SERVICE_ID_FILE).unlink(missing_ok=True)
+
+
+def service_processes(service_id: str) -> list[int]:
+    """PIDs of every process the service started: those whose environment carries its id,
+    and the other members of their sessions. Ray's worker processes rewrite their command
+    line over their environment (so it no longer shows the id), but they stay in the
+    session of the flow-run process that started them."""
+    marked = {p.pid for p in processes_with_env(SERVICE_ID_ENV, service_id)}
+    sessions = set()
+    for pid in marked:
+        with contextlib.suppress(OSError):
+            sid = os.getsid(pid)
+            # Only sessions that one of ours leads (never, say, the user's terminal).
+            if sid in marked:
+                sessions.add(sid)
+    found = set(marked)
+    for sid in sessions:
+        found.update(session_members(sid))
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def stop_service_processes(service_id: str, log: Log) -> int:
+    """Stop every process the service started that no component's session held: flow-run
+    processes run in sessions of their own, with their Ray. Returns how many there were."""
+    count = len(service_processes(service_id))
+    if count:
+        stop_processes(
+            lambda: service_processes(service_id),
+            term_signals=1,
+            timeout_s=15.0,
+            name=f"{count} process(es)",
+            log=log,
+        )
+    return count
 
 
 def belongs_to(sid: int, home: Path) -> bool:
@@ -215,22 +445,23 @@ def belongs_to(sid: int, home: Path) -> bool:
 
     Guards `down` against a stale PID file whose number now belongs to someone else.
     """
-    marker = f"DRIFTLOOP_HOME={home}".encode()
     for pid in session_members(sid):
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            if psutil.Process(pid).environ().get("DRIFTLOOP_HOME") == str(home):
+                return True
+        except psutil.Error:
             continue
-        if marker in environ:
-            return True
     return False
 
 
-def stop_from_pid_files(run_dir: Path, home: Path, log: Callable[[str], None] = print) -> int:
+# Stop the worker before the servers it talks to; anything unknown first of all.
+STOP_ORDER = ("prefect-worker", "mlflow-server", "prefect-server")
+
+
+def stop_from_pid_files(run_dir: Path, home: Path, log: Log = print) -> int:
     """Stop whatever a previous supervisor left running (``driftloop down``)."""
     stopped = 0
-    # Stop the worker before the servers it talks to.
-    order = {"prefect-worker": 0, "mlflow-server": 1, "prefect-server": 2}
+    order = {name: i for i, name in enumerate(STOP_ORDER)}
     files = sorted(run_dir.glob("*.pid"), key=lambda p: order.get(p.stem, -1))
     for pid_file in files:
         fields = pid_file.read_text().split()
@@ -239,4 +470,8 @@ def stop_from_pid_files(run_dir: Path, home: Path, log: Callable[[str], None] = 
             stop_session(sid, term_signals, 20.0, pid_file.stem, log)
             stopped += 1
         pid_file.unlink(missing_ok=True)
+    id_file = run_dir / SERVICE_ID_FILE
+    if id_file.exists():
+        stopped += stop_service_processes(id_file.read_text().strip(), log)
+        id_file.unlink(missing_ok=True)
     return stopped

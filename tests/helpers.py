@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from driftloop.settings import TELEMETRY_OFF
-from driftloop.supervisor import Service, Supervisor
+from driftloop.supervisor import Component, Supervisor
 
 PYTHON = sys.executable
 
@@ -25,8 +25,10 @@ class PrefectServer:
     def __init__(self, port: int, home: Path, log_dir: Path):
         self.port = port
         self.home = home
-        self.supervisor = Supervisor(log_dir.parent / "run-tests", log=lambda _: None)
-        self.service = Service(
+        self.supervisor = Supervisor(
+            log_dir.parent / "run-tests", service_id=unique("tests"), log=lambda _: None
+        )
+        self.service = Component(
             name="prefect-server",
             argv=[PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                   "--port", str(port)],

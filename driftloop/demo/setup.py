@@ -84,7 +84,10 @@ def _source_path(store, view_name: str) -> Path:
 
 
 def append_features(repo_path: Path, batch: ChurnBatch) -> None:
-    """Append a batch's feature snapshots to the parquet sources Feast reads."""
+    """Append a batch's feature snapshots to the parquet sources Feast reads.
+
+    Idempotent: a set-up interrupted after this step and run again appends the same
+    (deterministic) rows again, and those exact duplicates are dropped."""
     from feast import FeatureStore
 
     store = FeatureStore(repo_path=str(Path(repo_path).resolve()))
@@ -94,15 +97,20 @@ def append_features(repo_path: Path, batch: ChurnBatch) -> None:
         table = (
             pd.concat([pd.read_parquet(path), rows], ignore_index=True) if path.exists() else rows
         )
+        table = table.drop_duplicates(ignore_index=True)
         tmp = path.with_suffix(".tmp.parquet")
         table.to_parquet(tmp, index=False)
         tmp.replace(path)
 
 
 def _append_labels(registry: DataRegistry, batch: ChurnBatch) -> pd.DataFrame:
+    """The registry's table with the batch's labeled rows added (once: the working copy may
+    hold them already if an earlier attempt stopped before its commit)."""
     current = registry.read_table()
     labels = batch.labels[[ENTITY, TIMESTAMP, LABEL]]
-    return labels if current is None else pd.concat([current, labels], ignore_index=True)
+    if current is None:
+        return labels
+    return pd.concat([current, labels], ignore_index=True).drop_duplicates(ignore_index=True)
 
 
 def _check_feature_repo_state(settings: DriftloopSettings) -> None:

@@ -1,0 +1,170 @@
+"""The supervisor with real processes: restart with backoff, a restart budget, and no orphans.
+
+The component is a real HTTP server (`python -m http.server`), health-checked over HTTP and
+killed with SIGKILL, as a crashed Prefect or MLflow server would be.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from driftloop.supervisor import (
+    Component,
+    RestartBudgetExhausted,
+    RestartPolicy,
+    Status,
+    Supervisor,
+    service_processes,
+    session_alive,
+)
+from tests.conftest import free_port
+
+
+def test_backoff_grows_and_the_budget_is_a_sliding_window():
+    policy = RestartPolicy(max_restarts=3, window_s=60, backoff_s=(1, 5, 20))
+    assert [policy.delay(n) for n in range(5)] == [1, 5, 20, 20, 20]
+    assert not policy.exhausted([0, 10], now=20)
+    assert policy.exhausted([0, 10, 15], now=20)
+    # Restarts older than the window no longer count: the component earned its budget back.
+    assert not policy.exhausted([0, 10, 15], now=70.5)
+    assert policy.recent([0, 10, 15], now=70.5) == [15]
+
+
+def http_component(tmp_path: Path, policy: RestartPolicy | None) -> Component:
+    port = free_port()
+    return Component(
+        name="web",
+        argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        env=dict(os.environ),
+        log_file=tmp_path / "web.log",
+        health_url=f"http://127.0.0.1:{port}/",
+        port=port,
+        restart=policy,
+        startup_timeout_s=30,
+    )
+
+
+def watch_until(supervisor: Supervisor, done, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the supervisor did not get there in time"
+        supervisor.watch()
+        time.sleep(0.2)
+
+
+def test_a_killed_component_is_restarted_and_its_restart_logged(tmp_path):
+    lines: list[str] = []
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-restart", log=lines.append)
+    web = supervisor.start(http_component(tmp_path, RestartPolicy(backoff_s=(0.5,))))
+    supervisor.wait_healthy(web, 30)
+    first_pid = web.pid
+    try:
+        os.kill(first_pid, signal.SIGKILL)
+        watch_until(supervisor, lambda: web.status is Status.RUNNING and web.pid != first_pid)
+        assert supervisor.healthy_now(web)
+        assert len(web.restarts) == 1
+        text = "\n".join(lines)
+        assert "web exited unexpectedly (code -9)" in text
+        assert "Last lines of" in text  # the component's own log is quoted
+        assert "Restarting web (restart 1;" in text
+        assert "web is healthy again" in text
+        assert (tmp_path / "run" / "web.pid").read_text().split()[0] == str(web.pid)
+    finally:
+        supervisor.stop_all()
+    assert not session_alive(web.pid)
+
+
+def test_a_spent_budget_stops_with_a_reason(tmp_path):
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-budget", log=lambda _: None)
+    web = supervisor.start(
+        http_component(tmp_path, RestartPolicy(max_restarts=1, window_s=600, backoff_s=(0.2,)))
+    )
+    supervisor.wait_healthy(web, 30)
+    try:
+        os.kill(web.pid, signal.SIGKILL)
+        watch_until(supervisor, lambda: web.status is Status.RUNNING and len(web.restarts) == 1)
+        os.kill(web.pid, signal.SIGKILL)
+        with pytest.raises(RestartBudgetExhausted, match=r"web exited unexpectedly .* budget"):
+            watch_until(supervisor, lambda: False)
+    finally:
+        supervisor.stop_all()
+
+
+def spawner_script(tmp_path: Path) -> tuple[Path, Path]:
+    """A component that starts a process in a session of its own, which starts a child whose
+    environment is empty: what a worker does with a flow run, and a flow run with Ray."""
+    script = tmp_path / "spawn.py"
+    pid_file = tmp_path / "leader.pid"
+    script.write_text(
+        "import os, subprocess, sys, time\n"
+        "leader = subprocess.Popen([sys.executable, '-c', "
+        "'import subprocess, sys, time; "
+        'subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env={}); '
+        "time.sleep(600)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(leader.pid))\n"
+        "time.sleep(600)\n"
+    )
+    return script, pid_file
+
+
+def wait_for_processes(service_id: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(service_processes(service_id)) < count:
+        assert time.monotonic() < deadline, service_processes(service_id)
+        time.sleep(0.2)
+
+
+def test_stopping_finds_processes_in_other_sessions_by_the_service_id(tmp_path):
+    script, pid_file = spawner_script(tmp_path)
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-orphans", log=lambda _: None)
+    parent = supervisor.start(
+        Component("spawner", [sys.executable, str(script)], dict(os.environ),
+                  tmp_path / "spawner.log", restart=None)
+    )  # fmt: skip
+    wait_for_processes("svc-orphans", 3)
+    leader = int(pid_file.read_text())
+    assert os.getsid(leader) == leader != os.getsid(parent.pid)
+    supervisor.stop_all()
+    assert service_processes("svc-orphans") == []
+    assert not session_alive(leader)
+
+
+def test_down_stops_what_a_killed_supervisor_left(tmp_path):
+    """`driftloop down` after `kill -9` of `up`: the components die with their parent, but a
+    process they started in a session of its own lives on; the service id finds it."""
+    from driftloop.supervisor import stop_from_pid_files
+
+    script, pid_file = spawner_script(tmp_path)
+    home = tmp_path / "state"
+    run_dir = tmp_path / "run"
+    code = (
+        "import os, sys, time\n"
+        "from pathlib import Path\n"
+        "from driftloop.supervisor import Component, Supervisor\n"
+        f"s = Supervisor(Path({str(run_dir)!r}), service_id='svc-down', log=lambda _: None)\n"
+        f"s.start(Component('spawner', [sys.executable, {str(script)!r}], dict(os.environ),"
+        f" Path({str(tmp_path / 'spawner.log')!r}), restart=None))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, "DRIFTLOOP_HOME": str(home)},
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert up.stdout.readline().strip() == "ready"
+    wait_for_processes("svc-down", 3)
+    up.kill()
+    up.wait()
+    leader = int(pid_file.read_text())
+    assert session_alive(leader)  # the orphan outlived its supervisor
+    assert stop_from_pid_files(run_dir, home, log=lambda _: None) >= 1
+    assert service_processes("svc-down") == []
+    assert not session_alive(leader)
+    assert list(run_dir.glob("*.pid")) == []
