@@ -42,6 +42,9 @@ class EventTrigger:
     resource_id: str
     parameters: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # Fire on the first matching event, then ignore the rest for this many seconds (Prefect's
+    # reactive trigger with threshold 1: a burst of events starts one run).
+    within_s: int = 0
 
     def to_yaml(self) -> dict[str, Any]:
         return {
@@ -53,7 +56,7 @@ class EventTrigger:
             "expect": [self.event],
             "posture": "Reactive",
             "threshold": 1,
-            "within": 0,
+            "within": self.within_s,
             "parameters": self.parameters,
         }
 
@@ -90,8 +93,12 @@ class DeploymentSpec:
                 for decorator in node.decorator_list:
                     if isinstance(decorator, ast.Call):
                         for keyword in decorator.keywords:
-                            if keyword.arg == "name" and isinstance(keyword.value, ast.Constant):
+                            if keyword.arg != "name":
+                                continue
+                            if isinstance(keyword.value, ast.Constant):
                                 return str(keyword.value.value)
+                            if isinstance(keyword.value, ast.Attribute):  # names.FLOW_...
+                                return str(getattr(names, keyword.value.attr))
                 return function.replace("_", "-")
         raise ValueError(f"{self.entrypoint}: no function {function!r}")
 

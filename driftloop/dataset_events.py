@@ -1,9 +1,15 @@
-"""`driftloop.dataset.updated`, at most once per dataset revision, whoever sees it first.
+"""`driftloop.dataset.updated`, and a ledger of which revisions have a training.
 
-The new-data check (a schedule) and the command that pushes a batch (a post-push hook) both
-announce revisions. Each first *claims* the revision by creating a Prefect Variable named after
-the dataset and its content hash; creating a variable is atomic on the server, so only one of
-them wins, across processes and restarts, and only the winner emits the event.
+A revision is announced once, whoever sees it first: the new-data check (a schedule) and the
+command that pushes a batch (a post-push hook) both announce revisions. Each first *claims* the
+revision by creating a Prefect Variable named after the dataset and its content hash; creating
+a variable is atomic on the server, so only one of them wins, and only the winner emits.
+
+An announcement is not the end of it: the event starts a training through an automation, and an
+automation action can fail (an HTTP 503 from a busy server). So the same variable is the
+revision's ledger: the training flow records its run in it, and a revision counts as done only
+once a training for it exists. The new-data check announces a revision again if its
+announcement is older than a grace period and still no training run covers it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from driftloop import names
+from driftloop.events import CONFIRM_TIMEOUT_S, confirm_event
+from driftloop.interruptions import covers_its_data
+
+# How long an announcement may take to produce a training run before it is made again.
+ANNOUNCE_GRACE_S = 120.0
 
 
 def revision_payload(rev: str, md5: str, rows: int, path: str) -> dict[str, Any]:
@@ -23,33 +34,45 @@ def revision_payload(rev: str, md5: str, rows: int, path: str) -> dict[str, Any]
     }
 
 
-def is_announced(dataset_name: str, md5: str) -> bool:
+def read_ledger(dataset_name: str, md5: str) -> dict[str, Any] | None:
+    """The revision's ledger entry: who announced it and when, and its training run."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        variable = names.seen_revision_variable(dataset_name, md5)
-        return client.read_variable_by_name(variable) is not None
+        variable = client.read_variable_by_name(names.seen_revision_variable(dataset_name, md5))
+    if variable is None:
+        return None
+    return dict(variable.value) if isinstance(variable.value, dict) else {}
 
 
-def claim_revision(dataset_name: str, md5: str, rev: str, by: str) -> bool:
-    """Record the revision as seen; False if someone already had."""
+def is_announced(dataset_name: str, md5: str) -> bool:
+    return read_ledger(dataset_name, md5) is not None
+
+
+def _write(dataset_name: str, md5: str, value: dict[str, Any], create: bool) -> bool:
+    """Create (atomically; False if it exists) or overwrite the revision's ledger entry."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import VariableCreate
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
     from prefect.exceptions import ObjectAlreadyExists
 
-    value = {"rev": rev, "md5": md5, "seen_by": by, "seen_at": datetime.now(UTC).isoformat()}
+    name = names.seen_revision_variable(dataset_name, md5)
     with get_client(sync_client=True) as client:
+        if not create:
+            client.update_variable(VariableUpdate(name=name, value=value))
+            return True
         try:
             client.create_variable(
-                VariableCreate(
-                    name=names.seen_revision_variable(dataset_name, md5),
-                    value=value,
-                    tags=["driftloop", "dataset"],
-                )
+                VariableCreate(name=name, value=value, tags=["driftloop", "dataset"])
             )
         except ObjectAlreadyExists:
             return False
     return True
+
+
+def claim_revision(dataset_name: str, md5: str, rev: str, by: str) -> bool:
+    """Record the revision as announced; False if someone already had."""
+    value = {"rev": rev, "md5": md5, "seen_by": by, "seen_at": datetime.now(UTC).isoformat()}
+    return _write(dataset_name, md5, value, create=True)
 
 
 def release_revision(dataset_name: str, md5: str) -> None:
@@ -59,17 +82,90 @@ def release_revision(dataset_name: str, md5: str) -> None:
         client.delete_variable_by_name(names.seen_revision_variable(dataset_name, md5))
 
 
+def record_training(dataset_name: str, md5: str, rev: str, flow_run_id: str) -> None:
+    """The training run `flow_run_id` covers this revision (it trained it, or found it
+    trained already)."""
+    entry = read_ledger(dataset_name, md5)
+    value = {
+        **(entry or {"rev": rev, "md5": md5, "seen_by": "training", "seen_at": ""}),
+        "training_run": flow_run_id,
+        "trained_at": datetime.now(UTC).isoformat(),
+    }
+    if entry is None and _write(dataset_name, md5, value, create=True):
+        return
+    _write(dataset_name, md5, value, create=False)
+
+
+def announcement_age_s(entry: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Seconds since the entry's announcement, or None if it records none."""
+    seen_at = entry.get("seen_at")
+    if not seen_at:
+        return None
+    return ((now or datetime.now(UTC)) - datetime.fromisoformat(seen_at)).total_seconds()
+
+
+def read_run(flow_run_id: str) -> Any | None:
+    """A flow run, or None if it does not exist (any more)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        run_id = UUID(str(flow_run_id))
+    except ValueError:
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_flow_run(run_id)
+        except ObjectNotFound:
+            return None
+
+
+def run_covers_its_data(run: Any) -> bool:
+    state = run.state
+    return state is None or covers_its_data(state.type.value, state.message)
+
+
+def queued_trainings(commit: str, dataset_block: str) -> list[Any]:
+    """Training flow runs started for exactly this commit of the dataset the block names that
+    still account for it: a run created by the announcement's automation counts before it
+    starts; one that failed does not."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[names.FLOW_TRAIN])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,
+        )
+    return [
+        r
+        for r in runs
+        if r.parameters.get("rev") == commit
+        and r.parameters.get("dataset_block", names.DEFAULT_BLOCK) == dataset_block
+        and run_covers_its_data(r)
+    ]
+
+
 def announce_revision(
-    dataset_name: str, rev: str, md5: str, rows: int, path: str, by: str
+    dataset_name: str, rev: str, md5: str, rows: int, path: str, by: str, *, again: bool = False
 ) -> str | None:
     """Emit `driftloop.dataset.updated` unless this revision was announced before.
 
+    With `again`, the caller has established that an earlier announcement produced no
+    training: the ledger's announcement time is renewed and the event emitted once more.
     Returns the event id, or None if the revision had been announced already. If the event
-    cannot be emitted the claim is released, so the next check tries again.
+    cannot be emitted a new claim is released, so the next check tries again.
     """
     from prefect.events import emit_event
 
-    if not claim_revision(dataset_name, md5, rev, by):
+    if again:
+        value = {"rev": rev, "md5": md5, "seen_by": by, "seen_at": datetime.now(UTC).isoformat()}
+        _write(dataset_name, md5, value, create=False)
+    elif not claim_revision(dataset_name, md5, rev, by):
         return None
     try:
         event = emit_event(
@@ -82,34 +178,9 @@ def announce_revision(
         )
         if event is None:
             raise RuntimeError("Prefect events are not enabled in this process")
-        _confirm(event.id, timeout=CONFIRM_TIMEOUT_S)
+        confirm_event(event.id, timeout=CONFIRM_TIMEOUT_S)
     except BaseException:
-        release_revision(dataset_name, md5)
+        if not again:
+            release_revision(dataset_name, md5)
         raise
     return str(event.id)
-
-
-CONFIRM_TIMEOUT_S = 30.0
-
-
-def _confirm(event_id: Any, timeout: float) -> None:
-    """Wait until the server has stored the event. `emit_event` only queues it for a
-    background sender, and a claimed revision whose event never arrived would be lost."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventIDFilter
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=timeout)
-    body = {"filter": EventFilter(id=EventIDFilter(id=[event_id])).model_dump(mode="json")}
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            if client.request("POST", "/events/filter", json=body).json()["events"]:
-                return
-            time.sleep(0.5)
-    raise TimeoutError(
-        f"{names.EVENT_DATASET_UPDATED} event {event_id} did not reach the Prefect server "
-        f"within {timeout:g}s"
-    )

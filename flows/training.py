@@ -1,27 +1,32 @@
 """Training: DVC data + Feast features -> model search on Ray -> MLflow champion.
 
-    resolve dataset -> load labeled entities -> get historical features -> validate
+    resolve dataset (requested and newest) -> resolve features -> plan: which revision
+      (latest wins), or skip (this exact model exists already)
+      -> load labeled entities -> get historical features -> validate
       -> split holdout -> search models (trials on Ray) -> train best (on Ray) -> evaluate
       -> log to MLflow (run + one child run per trial)
-      -> [transaction] register -> evaluate champion -> gate -> promote -> record -> announce
+      -> [transaction] register -> evaluate champion -> gate -> record -> promote -> announce
 
 Compute (trials, the final fit) runs on Ray; I/O and registry steps run in the flow process.
 Everything after registration runs in one Prefect transaction: if any step fails, rollback
-hooks restore the previous champion and challenger aliases.
+hooks restore the previous champion and challenger aliases. The champion alias moves in one
+atomic write, after the decision is recorded as "promoting"; a run interrupted after the move
+finishes the promotion (its announcement) when it runs again.
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as runtime_flow_run
+from prefect.states import Completed, State
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field
 
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
 from blocks.ray import RayCluster
 from driftloop import names
+from driftloop.contracts import ModelVersionRef, TrainingPlan, TrainingResult
 from driftloop.lineage import lineage_tags
 from driftloop.params import (
     DataQualityPolicy,
@@ -44,6 +49,7 @@ from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.log_to_mlflow import log_to_mlflow
 from tasks.log_trials_to_mlflow import log_trials_to_mlflow
+from tasks.plan_training import check_already_trained, plan_training
 from tasks.promote_model import promote_model
 from tasks.rank_trials import rank_trials
 from tasks.record_decision import record_decision
@@ -55,25 +61,29 @@ from tasks.train_model import train_model
 from tasks.validate_training_data import validate_training_data
 
 
-class TrainingResult(BaseModel):
-    """What a training run produced and decided."""
+def _skipped(
+    plan: TrainingPlan, mlflow_cfg: MlflowTracking, champion: ModelVersionRef | None
+) -> State:
+    """The run's final state when it decides not to train: Completed, named Skipped."""
+    result = TrainingResult(
+        outcome="skipped",
+        model_name=mlflow_cfg.registered_model_name,
+        version=plan.existing_version,
+        promoted=False,
+        reason=plan.skip or "",
+        champion_version=champion.version if champion else None,
+        flow_run_id=str(runtime_flow_run.get_id()),
+        dataset_commit=plan.dataset.commit,
+        dataset_md5=plan.dataset.md5,
+        superseded=plan.superseded,
+    )
+    message = plan.skip
+    if plan.superseded and not (plan.skip or "").startswith(plan.superseded):
+        message = f"{plan.superseded}; {plan.skip}"
+    return Completed(name=names.STATE_SKIPPED, message=message, data=result)
 
-    model_name: str
-    version: str
-    promoted: bool
-    reason: str
-    champion_version: str | None = Field(description="The champion after this run.")
-    metrics: dict[str, float]
-    model: dict[str, object] = Field(description="Family and hyperparameters of the model.")
-    trials_completed: int = 0
-    trials_failed: int = 0
-    mlflow_run_id: str
-    flow_run_id: str = Field(description="This training run in Prefect.")
-    dataset_commit: str
-    dataset_md5: str
 
-
-@flow(name="train-model", log_prints=True, task_runner=DriftloopRayTaskRunner())
+@flow(name=names.FLOW_TRAIN, log_prints=True, task_runner=DriftloopRayTaskRunner())
 def train(
     features: FeatureSelection,
     rev: str | None = None,
@@ -92,9 +102,14 @@ def train(
     """Train a model on a DVC dataset revision with Feast features and promote it in MLflow
     only if it beats the current champion on the same holdout.
 
+    A run started by automation trains the dataset's newest revision (latest wins). A run
+    whose data, features, configuration and code match a version already decided does not
+    train: it ends Completed, named Skipped, and says which version that is.
+
     Args:
         features: The Feast feature service or feature refs to train on.
         rev: Git revision of the dataset (tag, branch or commit); the block's default if empty.
+            A run started by automation trains a newer revision if there is one.
         search: Model search (trials, parallelism, metric); with 0 trials `model` is trained.
         model: Model family and hyperparameters, used when the search is off.
         split: Time-aware holdout.
@@ -116,8 +131,24 @@ def train(
         runner.configure(ray_cfg)
     schema = dataset_cfg.table_schema()
 
-    dataset = resolve_dataset(dataset_cfg.location(rev))
+    requested = resolve_dataset(dataset_cfg.location(rev))
+    newest = requested if rev is None else resolve_dataset(dataset_cfg.location())
+    plan = plan_training(dataset_cfg.name, dataset_block, rev, requested, newest, trigger)
+    if plan.skip:
+        return _skipped(plan, mlflow_cfg, get_champion(mlflow_cfg))
     resolved = resolve_features(feast_cfg, features)
+    config = {
+        "search": search.model_dump(mode="json"),
+        "model": model.model_dump(mode="json") if not search.n_trials else None,
+        "split": split.model_dump(mode="json"),
+        "quality": quality.model_dump(mode="json"),
+        "gate": gate.model_dump(mode="json"),
+        "random_state": random_state,
+    }
+    plan = check_already_trained(plan, resolved, config, mlflow_cfg)
+    if plan.skip:
+        return _skipped(plan, mlflow_cfg, get_champion(mlflow_cfg))
+    dataset = plan.dataset
     entities = load_labeled_entities(dataset, schema)
     frame = get_historical_features(entities, dataset, resolved, schema, feast_cfg, quality)
     validate_training_data(frame, dataset, resolved, schema)
@@ -140,23 +171,24 @@ def train(
     if trials:
         log_trials_to_mlflow(run, trials, mlflow_cfg)
 
+    tags = {
+        **lineage_tags(dataset, resolved, trigger),
+        names.TAG_TRAINING_FINGERPRINT: plan.fingerprint,
+    }
     with transaction():
-        version = register_model_version(run, mlflow_cfg, lineage_tags(dataset, resolved, trigger))
+        version = register_model_version(run, mlflow_cfg, tags)
         champion = get_champion(mlflow_cfg)
         champion_eval = evaluate_champion(champion, holdout, resolved, schema, mlflow_cfg)
         decision = decide_promotion(version, metrics, champion_eval, gate)
-        promote_model(decision, mlflow_cfg)
         record_decision(decision, run, mlflow_cfg)
-        announce_promotion(decision)
+        promote_model(decision, mlflow_cfg)
+        announce_promotion(decision, mlflow_cfg)
 
     champion_now = version.version if decision.promote else (champion and champion.version)
-    logger.info(
-        "%s v%s: %s",
-        "Promoted" if decision.promote else "Kept champion",
-        version.version,
-        decision.reason,
-    )
-    return TrainingResult(
+    outcome = "Promoted" if decision.promote else "Kept champion"
+    logger.info("%s v%s: %s", outcome, version.version, decision.reason)
+    result = TrainingResult(
+        outcome="promoted" if decision.promote else "rejected",
         model_name=version.name,
         version=version.version,
         promoted=decision.promote,
@@ -170,4 +202,10 @@ def train(
         flow_run_id=str(runtime_flow_run.get_id()),
         dataset_commit=dataset.commit,
         dataset_md5=dataset.md5,
+        superseded=plan.superseded,
     )
+    # The run's state message in the UI says what happened, and on which data.
+    message = f"{outcome}: v{version.version} trained on {dataset.short}: {decision.reason}"
+    if plan.superseded:
+        message += f" ({plan.superseded})"
+    return Completed(message=message, data=result)

@@ -1,4 +1,4 @@
-"""New-data step 3: announce a dataset revision nobody has announced yet."""
+"""New-data step 4: announce a dataset revision that no training covers yet."""
 
 from __future__ import annotations
 
@@ -10,16 +10,22 @@ from tasks._policy import IO_RETRIES, UNCACHED
 
 
 @task(name="announce-dataset-update", cache_policy=UNCACHED, **IO_RETRIES)
-def announce_dataset_update(dataset_name: str, dataset: DatasetVersion, rows: int) -> str | None:
-    """Emit `driftloop.dataset.updated` for this revision, at most once per content hash
-    (shared with the command that pushes batches). Returns the event id, or None if the
-    revision had been announced already."""
+def announce_dataset_update(
+    dataset_name: str, dataset: DatasetVersion, rows: int, again: bool = False
+) -> str | None:
+    """Emit `driftloop.dataset.updated` for this revision: once per content hash (shared with
+    the command that pushes batches), or `again` when the first announcement started no
+    training. Returns the event id, or None if someone else announced it meanwhile."""
     logger = get_run_logger()
     event_id = dataset_events.announce_revision(
-        dataset_name, dataset.commit, dataset.md5, rows, dataset.location.path, by="detect-new-data"
-    )
+        dataset_name, dataset.commit, dataset.md5, rows, dataset.location.path,
+        by="detect-new-data", again=again,
+    )  # fmt: skip
     if event_id is None:
         logger.info("%s was announced already; nothing to do", dataset.short)
     else:
-        logger.info("New revision %s (%d rows): emitted %s", dataset.short, rows, event_id)
+        logger.info(
+            "%s revision %s (%d rows): emitted %s",
+            "Announced again" if again else "New", dataset.short, rows, event_id,
+        )  # fmt: skip
     return event_id

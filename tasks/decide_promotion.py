@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from driftloop import names
 from driftloop.contracts import ChampionEvaluation, Metrics, ModelVersionRef, PromotionDecision
 from driftloop.params import LOWER_IS_BETTER, PromotionPolicy
 from tasks._policy import NO_RETRIES, UNCACHED
@@ -35,10 +36,30 @@ def gate(
     bar = "ceiling" if lower_better else "floor"
     if not clears:
         return decision(False, f"{metric} {score:.4f} does not clear the {bar} {policy.floor}")
-    if champion.champion is None:
-        return decision(True, f"first model: {metric} {score:.4f} clears the {bar} {policy.floor}")
-    if champion.champion.version == challenger.version:
+    current = champion.champion
+    if current is not None and current.version == challenger.version:
+        if current.decision == names.DECISION_PROMOTING:
+            # An earlier attempt of this same training moved the alias and was interrupted
+            # before it announced the promotion: finish that promotion, do not judge again.
+            previous = (
+                ModelVersionRef(name=challenger.name, version=current.compared_to)
+                if current.compared_to
+                else None
+            )
+            return PromotionDecision(
+                promote=True,
+                reason=f"finishing the promotion of v{challenger.version}, which an "
+                "interrupted attempt of this training began (the champion alias had moved)",
+                metric=metric,
+                challenger=challenger,
+                challenger_metrics=metrics,
+                champion=previous,
+                champion_metrics=None,
+                resumed=True,
+            )
         return decision(False, f"version {challenger.version} is already the champion")
+    if current is None:
+        return decision(True, f"first model: {metric} {score:.4f} clears the {bar} {policy.floor}")
     if champion.metrics is None:
         return decision(False, f"not comparable: {champion.not_comparable_reason}")
     best = champion.metrics.score(metric)

@@ -24,15 +24,21 @@ if TYPE_CHECKING:
 
 @task(name="get-champion", cache_policy=UNCACHED, **IN_TRANSACTION)
 def get_champion(mlflow: MlflowTracking) -> ModelVersionRef | None:
-    """The version the `champion` alias points to now, or None before the first promotion."""
+    """The version the `champion` alias points to now (with its decision tags), or None
+    before the first promotion."""
     client = mlflow.activate()
     name = mlflow.registered_model_name
     version = alias_version(client, name, names.ALIAS_CHAMPION)
     if version is None:
         return None
-    run_id = client.get_model_version(name, version).run_id
+    found = client.get_model_version(name, version)
     return ModelVersionRef(
-        name=name, version=version, run_id=run_id, url=mlflow.model_version_url(version)
+        name=name,
+        version=version,
+        run_id=found.run_id,
+        url=mlflow.model_version_url(version),
+        decision=found.tags.get(names.TAG_DECISION),
+        compared_to=found.tags.get(names.TAG_COMPARED_TO),
     )
 
 

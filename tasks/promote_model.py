@@ -29,7 +29,8 @@ def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | 
     name = mlflow.registered_model_name
     evaluated = decision.champion.version if decision.champion else None
     current = alias_version(client, name, names.ALIAS_CHAMPION)
-    if current != evaluated:
+    resuming = decision.resumed and current == decision.challenger.version
+    if current != evaluated and not resuming:
         raise ChampionMovedError(
             f"The champion of {name!r} moved from v{evaluated} to v{current} while this run "
             "evaluated against it; not promoting on a stale comparison"
@@ -37,8 +38,12 @@ def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | 
     txn = get_transaction()
     if txn is not None:
         txn.set("mlflow", mlflow)
-        txn.set("previous_champion", current)
+        txn.set("previous_champion", evaluated)
         txn.set("previous_challenger", alias_version(client, name, names.ALIAS_CHALLENGER))
+    if resuming:
+        # Moved by an interrupted attempt of this same training (see decide-promotion).
+        get_run_logger().info("%r v%s is the champion already", name, current)
+        return evaluated
     client.set_registered_model_alias(name, names.ALIAS_CHAMPION, decision.challenger.version)
     if alias_version(client, name, names.ALIAS_CHALLENGER) == decision.challenger.version:
         client.delete_registered_model_alias(name, names.ALIAS_CHALLENGER)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.transactions import Transaction, get_transaction
 
 from blocks.mlflow import MlflowTracking
 from driftloop import names
@@ -48,9 +49,12 @@ def decision_markdown(decision: PromotionDecision, run: LoggedRun) -> str:
 
 @task(name="record-decision", cache_policy=UNCACHED, **IN_TRANSACTION)
 def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowTracking) -> None:
-    """Tag the model version and run with the decision; publish the comparison artifact."""
+    """Tag the model version and run with the decision; publish the comparison artifact.
+
+    A promotion is recorded as "promoting" before the champion alias moves, and becomes
+    "promoted" once it is announced (announce-promotion)."""
     client = mlflow.activate()
-    outcome = names.DECISION_PROMOTED if decision.promote else names.DECISION_REJECTED
+    outcome = names.DECISION_PROMOTING if decision.promote else names.DECISION_REJECTED
     tags = {
         names.TAG_DECISION: outcome,
         names.TAG_DECISION_REASON: decision.reason[:4000],
@@ -63,8 +67,22 @@ def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowT
             decision.challenger.name, decision.challenger.version, key, value
         )
         client.set_tag(run.run_id, key, value)
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("mlflow", mlflow)
+        txn.set("decided", (decision.challenger.name, decision.challenger.version, run.run_id))
     create_markdown_artifact(
         markdown=decision_markdown(decision, run),
         key=names.ARTIFACT_PROMOTION,
         description=f"Promotion decision for {decision.challenger.name}",
     )
+
+
+@record_decision.on_rollback
+def _mark_rolled_back(txn: Transaction) -> None:
+    """A later step failed: the recorded decision did not take effect."""
+    mlflow: MlflowTracking = txn.get("mlflow")
+    name, version, run_id = txn.get("decided")
+    client = mlflow.activate()
+    client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_ROLLED_BACK)
+    client.set_tag(run_id, names.TAG_DECISION, names.DECISION_ROLLED_BACK)

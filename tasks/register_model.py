@@ -45,6 +45,11 @@ def register_model_version(
     created = not existing
     if existing:
         version = str(max(int(v.version) for v in existing))
+        # The same model under another gate policy: its fingerprint is the new one now.
+        if names.TAG_TRAINING_FINGERPRINT in tags:
+            client.set_model_version_tag(
+                name, version, names.TAG_TRAINING_FINGERPRINT, tags[names.TAG_TRAINING_FINGERPRINT]
+            )
     else:
         version = str(mlflow_lib.register_model(run.model_uri, name, tags=tags).version)
 

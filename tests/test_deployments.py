@@ -45,9 +45,12 @@ def test_schedules_triggers_and_limits_are_declared():
         "score-churn-batch": [],
     }
     training = by_name["train-churn-model"]
-    assert training["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    # One training at a time, and no run dropped: they queue (latest wins when they start).
+    assert training["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     triggers = {t["expect"][0]: t for t in training["triggers"]}
     assert triggers[names.EVENT_DATASET_UPDATED]["parameters"]["rev"] == "{{ event.payload.rev }}"
+    assert triggers[names.EVENT_DATASET_UPDATED]["within"] == 0  # every revision counts
+    assert triggers[names.EVENT_DRIFT_DETECTED]["within"] == 600  # a burst starts one run
     drift = triggers[names.EVENT_DRIFT_DETECTED]["parameters"]["trigger"]
     assert drift["drifted_columns"] == "{{ event.payload.drifted_columns }}"
     (scoring,) = by_name["score-churn-batch"]["triggers"]

@@ -80,7 +80,12 @@ def test_search_runs_trials_on_ray_ranks_and_logs_them(demo, mlflow_setup):
 def test_trials_are_cached_on_data_params_and_code(demo, mlflow_setup):
     first = train(**demo.train_kwargs(mlflow_setup, search=SEARCH), return_state=True)
     assert first.is_completed()
-    again = train(**demo.train_kwargs(mlflow_setup, search=SEARCH), return_state=True)
+    # The same training again would be skipped (nothing new); under another gate the model is
+    # the same, so the run goes through and every trial comes from the cache.
+    again = train(
+        **demo.train_kwargs(mlflow_setup, search=SEARCH, gate={"min_improvement": 0.01}),
+        return_state=True,
+    )
     states = task_states(again.state_details.flow_run_id)
     trial_states = [s for name, runs in states.items() if name.startswith("trial") for s in runs]
     assert trial_states == ["Cached"] * 5

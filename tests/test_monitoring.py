@@ -84,18 +84,49 @@ def test_no_drift_on_data_like_the_training_data(world):
         assert "<html" in html.read(2000).lower()
 
 
-def test_new_data_is_announced_once_per_revision(world):
+def test_trained_data_needs_no_announcement(world):
+    """The champion's training covered the newest revision (it wrote the revision's ledger):
+    the new-data check has nothing to announce."""
     demo, _ = world
+    assert detect_new_data(dataset_block=demo.dataset_block) is None
+    assert events(names.EVENT_DATASET_UPDATED, names.dataset_resource_id(demo.dataset_name),
+                  timeout=2) == []  # fmt: skip
+
+
+def test_new_data_is_announced_once_and_again_only_if_no_training_follows(world):
+    from driftloop import dataset_events
+    from driftloop.demo.setup import add_batch
+    from tests.helpers import quietly
+
+    demo, mlflow = world
+    with quietly():
+        revision = add_batch(demo.settings, rows=500, seed=11)
     resource = names.dataset_resource_id(demo.dataset_name)
     first = detect_new_data(dataset_block=demo.dataset_block)
     assert first is not None
-    again = detect_new_data(dataset_block=demo.dataset_block)  # a restart changes nothing
-    assert again is None
+    # Checked again at once (a restart, the next schedule): its training is on the way.
+    assert detect_new_data(dataset_block=demo.dataset_block) is None
     (event,) = events(names.EVENT_DATASET_UPDATED, resource)
     assert str(event.id) == first
-    assert event.payload["rev"] == demo.registry.head()
+    assert event.payload["rev"] == revision.commit == demo.registry.head()
+    assert event.payload["md5"] == revision.md5
     assert event.payload["path"] == "data/churn_labels.parquet"
-    assert event.payload["rows"] == 3 * 1500 and len(event.payload["md5"]) == 32
+    assert event.payload["rows"] == 3 * 1500 + 500
+
+    # No training followed (this test server has no automations, as if the action had
+    # failed): after the grace period the revision is announced again.
+    second = detect_new_data(dataset_block=demo.dataset_block, announce_again_after_s=0)
+    assert second is not None
+    assert second != first
+    # Once a training run covers the revision (it records itself), it is not announced again.
+    # (A gate nothing passes keeps the champion the later tests expect.)
+    state = train(**demo.train_kwargs(mlflow, gate={"min_improvement": 1.0}), return_state=True)
+    assert state.result().dataset_commit == revision.commit
+    entry = dataset_events.read_ledger(demo.dataset_name, revision.md5)
+    assert entry["training_run"] == str(state.state_details.flow_run_id)
+    assert detect_new_data(dataset_block=demo.dataset_block, announce_again_after_s=0) is None
+    found = events(names.EVENT_DATASET_UPDATED, resource, at_least=2)
+    assert [e.payload["md5"] for e in found] == [revision.md5, revision.md5]
 
 
 def test_scoring_writes_predictions_of_the_champion(world):

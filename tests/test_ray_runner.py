@@ -49,7 +49,8 @@ def test_default_is_a_local_ray_and_a_cached_rerun_never_starts_it(demo, tmp_pat
                                    check=False)  # fmt: skip
         assert leftovers.stdout.strip() == "", f"Ray processes left behind ({path})"
 
-    second = run_training_subprocess(kwargs, env)
+    # Another gate: the same model is judged again (the same inputs would be skipped).
+    second = run_training_subprocess({**kwargs, "gate": {"min_improvement": 0.01}}, env)
     assert len(list((state / "ray").glob("session_2*"))) == 1, "a cached rerun started Ray"
     states = task_states(second["flow_run_id"])
     trials = [s for name, runs in states.items() if name.startswith("trial") for s in runs]

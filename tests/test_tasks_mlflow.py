@@ -100,16 +100,20 @@ def test_gate_promote_record_and_announce(trained, tmp_path):
     champion = evaluate_champion(None, trained[3], trained[1], SCHEMA, mlflow.block)
     decision = decide_promotion(version, trained[5], champion, PromotionPolicy())
     assert decision.promote
-    assert promote_model(decision, mlflow.block) is None  # there was no previous champion
-    assert mlflow.champion() == "1"
+
+    def decision_tag() -> str:
+        return mlflow.client().get_model_version(mlflow.model_name, "1").tags[names.TAG_DECISION]
+
+    # Recorded first, as "promoting"; then the alias moves; the announcement completes it.
     record_decision(decision, log(trained, mlflow), mlflow.block)
-    tags = mlflow.client().get_model_version(mlflow.model_name, "1").tags
-    assert tags[names.TAG_DECISION] == names.DECISION_PROMOTED
+    assert decision_tag() == names.DECISION_PROMOTING
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert names.ARTIFACT_PROMOTION in keys
-
-    event_id = announce_promotion(decision)
+    assert promote_model(decision, mlflow.block) is None  # there was no previous champion
+    assert mlflow.champion() == "1"
+    event_id = announce_promotion(decision, mlflow.block)
+    assert decision_tag() == names.DECISION_PROMOTED
     found = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow.model_name))
     assert [str(e.id) for e in found] == [event_id]
     assert found[0].payload["version"] == "1"

@@ -82,15 +82,31 @@ def test_promotion_artifact_tells_the_decision(demo, mlflow_setup):
     assert "Promoted" in text and "| roc_auc (gate) |" in text and "champion (none)" in text
 
 
-def test_rerun_is_cached_and_a_new_revision_recomputes(demo, mlflow_setup):
+def test_a_rerun_is_skipped_a_new_gate_reuses_the_cache_and_new_data_recomputes(demo, mlflow_setup):
     first, _ = run(demo, mlflow_setup, rev=demo.tags[1])
     assert first.is_completed()
+    assert "v1 trained on" in first.message  # the run's state says what it did
+
+    # The same data, features, configuration and code: nothing to train, nothing registered.
     again, again_id = run(demo, mlflow_setup, rev=demo.tags[1])
-    states = task_states(again_id)
+    assert again.is_completed()
+    assert again.name == names.STATE_SKIPPED
+    assert again.message.startswith("already trained: ")
+    skipped = again.result()
+    assert skipped.outcome == "skipped"
+    assert skipped.version == first.result().version
+    assert not any(name in task_states(again_id) for name in HEAVY)
+    assert len(mlflow_setup.versions()) == 1
+
+    # Another gate on the same model: judged again, from the cache, without a second version.
+    regated, regated_id = run(
+        demo, mlflow_setup, rev=demo.tags[1], gate=PromotionPolicy(min_improvement=0.01)
+    )
+    states = task_states(regated_id)
     for task_name in HEAVY:
         assert states[task_name] == ["Cached"], (task_name, states)
-    assert again.result().version == first.result().version  # no duplicate model version
-    assert not again.result().promoted
+    assert regated.result().version == first.result().version
+    assert len(mlflow_setup.versions()) == 1
 
     from driftloop.demo.setup import add_batch
     from tests.helpers import quietly
@@ -102,6 +118,23 @@ def test_rerun_is_cached_and_a_new_revision_recomputes(demo, mlflow_setup):
     for task_name in HEAVY:
         assert states[task_name] == ["Completed"], (task_name, states)
     assert newer.result().version != first.result().version
+
+
+def test_an_automated_run_trains_the_newest_revision(demo, mlflow_setup):
+    """Latest wins: a run started by an older revision's event trains the newest one and says
+    so; a person asking for that older revision gets exactly it."""
+    newest = demo.registry.head()
+    automated, _ = run(
+        demo, mlflow_setup, rev=demo.tags[0], trigger={"reason": names.REASON_DATASET_UPDATED}
+    )
+    result = automated.result()
+    assert result.dataset_commit == newest
+    assert result.superseded.startswith("revision ")
+    assert "superseded by the newer revision" in automated.message
+
+    manual, _ = run(demo, mlflow_setup, rev=demo.tags[0])
+    assert manual.result().dataset_commit != newest
+    assert manual.result().superseded is None
 
 
 def test_worse_model_keeps_the_champion_and_better_one_replaces_it(demo, mlflow_setup):
@@ -146,12 +179,12 @@ def test_failure_after_promotion_rolls_the_registry_back(demo, mlflow_setup, mon
     weak, _ = run(demo, mlflow_setup, rev=rev, model=WEAK, gate=gate)
     assert weak.result().promoted
 
-    import tasks.record_decision as record_module
+    import tasks.announce_promotion as announce_module
 
-    def broken_artifact(**kwargs):
-        raise RuntimeError("artifact store unavailable")
+    def broken_emit(**kwargs):
+        raise RuntimeError("event bus unavailable")
 
-    monkeypatch.setattr(record_module, "create_markdown_artifact", broken_artifact)
+    monkeypatch.setattr(announce_module, "emit_event", broken_emit)
     failed, _ = run(demo, mlflow_setup, rev=rev, gate=gate)
     assert failed.is_failed()
     assert mlflow_setup.champion() == "1"
@@ -159,3 +192,36 @@ def test_failure_after_promotion_rolls_the_registry_back(demo, mlflow_setup, mon
     rolled_back = client.get_model_version(mlflow_setup.model_name, "2")
     assert rolled_back.tags[names.TAG_DECISION] == names.DECISION_ROLLED_BACK
     assert not rolled_back.aliases
+
+
+def test_a_promotion_interrupted_after_the_alias_moved_is_finished_by_the_rerun(demo, mlflow_setup):
+    """The process died between moving the alias and announcing it (no rollback ran): the
+    registry shows the new champion as "promoting", and no event went out. The next run on
+    the same inputs finishes it: one `model.promoted` event, decision "promoted"."""
+    rev = demo.tags[-1]
+    gate = PromotionPolicy(min_improvement=0.005, floor=0.5)
+    weak, _ = run(demo, mlflow_setup, rev=rev, model=WEAK, gate=gate)
+    assert weak.result().promoted
+    # A second model, decided and registered (its gate demands the impossible, so it stays a
+    # challenger); then made to look like an attempt killed right after the alias moved.
+    strict = PromotionPolicy(min_improvement=0.5, floor=0.5)
+    rejected, _ = run(demo, mlflow_setup, rev=rev, model=LogisticRegressionSpec(), gate=strict)
+    version = rejected.result().version
+    client = mlflow_setup.client()
+    name = mlflow_setup.model_name
+    client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_PROMOTING)
+    client.set_model_version_tag(name, version, names.TAG_COMPARED_TO, "1")
+    client.set_registered_model_alias(name, names.ALIAS_CHAMPION, version)
+
+    rerun, _ = run(demo, mlflow_setup, rev=rev, model=LogisticRegressionSpec(), gate=strict)
+    result = rerun.result()
+    assert result.promoted
+    assert result.version == version
+    assert "finishing the promotion" in result.reason
+    assert mlflow_setup.champion() == version
+    tags = client.get_model_version(name, version).tags
+    assert tags[names.TAG_DECISION] == names.DECISION_PROMOTED
+    promoted = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(name), at_least=2)
+    mine = [e for e in promoted if e.payload["version"] == version]
+    assert len(mine) == 1
+    assert mine[0].payload["previous_version"] == "1"

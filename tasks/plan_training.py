@@ -1,0 +1,102 @@
+"""Step 2: decide what this training run trains on, and whether it trains at all."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run as runtime_flow_run
+
+from blocks.mlflow import MlflowTracking
+from driftloop import dataset_events, names
+from driftloop.contracts import DatasetVersion, ResolvedFeatures, TrainingPlan
+from driftloop.params import TriggerContext
+from driftloop.planning import choose_revision, skip_reason, training_fingerprint
+from tasks._policy import IO_RETRIES, UNCACHED
+
+# The modules whose code shapes the trained model: a change to any of them retrains.
+TRAINING_CODE = (
+    "driftloop.modeling",
+    "driftloop.search",
+    "tasks.split_holdout",
+    "tasks.evaluate_trial",
+    "tasks.train_model",
+    "tasks.get_historical_features",
+)
+
+
+def code_fingerprint(modules: tuple[str, ...] = TRAINING_CODE) -> str:
+    """Hash of the source of the modules that shape the model."""
+    digest = hashlib.md5()
+    for name in modules:
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    return digest.hexdigest()
+
+
+def find_version(mlflow: MlflowTracking, fingerprint: str) -> tuple[str | None, str | None]:
+    """The newest registered version with this training fingerprint, and its decision."""
+    client = mlflow.activate()
+    name = mlflow.registered_model_name
+    found = client.search_model_versions(
+        f"name='{name}' and tags.`{names.TAG_TRAINING_FINGERPRINT}` = '{fingerprint}'"
+    )
+    if not found:
+        return None, None
+    newest = max(found, key=lambda v: int(v.version))
+    return str(newest.version), newest.tags.get(names.TAG_DECISION)
+
+
+@task(name="plan-training", cache_policy=UNCACHED, **IO_RETRIES)
+def plan_training(
+    dataset_name: str,
+    dataset_block: str,
+    rev: str | None,
+    requested: DatasetVersion,
+    newest: DatasetVersion,
+    trigger: TriggerContext,
+) -> TrainingPlan:
+    """Which revision to train: the newest one for automated runs (latest wins). A run whose
+    revision was superseded, while another training run is there for the newest revision,
+    leaves the newest to that run and stops here. Otherwise the run records itself in the
+    ledger of the revision it trains, so the new-data check knows the revision is covered."""
+    logger = get_run_logger()
+    dataset, superseded = choose_revision(trigger.reason, rev, requested, newest)
+    flow_run_id = runtime_flow_run.get_id()
+    if superseded:
+        others = [
+            r
+            for r in dataset_events.queued_trainings(newest.commit, dataset_block)
+            if str(r.id) != str(flow_run_id)
+        ]
+        if others:
+            skip = f"{superseded}; training run {others[0].name!r} trains the newest revision"
+            logger.info("Plan: %s", skip)
+            return TrainingPlan(dataset=dataset, superseded=superseded, skip=skip)
+        logger.info("Latest wins: %s; training %s", superseded, dataset.short)
+    if flow_run_id:
+        dataset_events.record_training(dataset_name, dataset.md5, dataset.commit, flow_run_id)
+    return TrainingPlan(dataset=dataset, superseded=superseded)
+
+
+@task(name="check-already-trained", cache_policy=UNCACHED, **IO_RETRIES)
+def check_already_trained(
+    plan: TrainingPlan,
+    features: ResolvedFeatures,
+    config: dict[str, Any],
+    mlflow: MlflowTracking,
+) -> TrainingPlan:
+    """No second version for the same fingerprint: data, features, configuration and code."""
+    dataset = plan.dataset
+    code = code_fingerprint()
+    fingerprint = training_fingerprint(dataset.md5, features.fingerprint, config, code)
+    version, decision = find_version(mlflow, fingerprint)
+    skip = skip_reason(mlflow.registered_model_name, version, decision, dataset)
+    get_run_logger().info(
+        "Plan: %s", skip or f"train on {dataset.short} (fingerprint {fingerprint[:12]})"
+    )
+    return plan.model_copy(
+        update={"fingerprint": fingerprint, "skip": skip, "existing_version": version}
+    )
