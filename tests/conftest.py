@@ -188,3 +188,19 @@ def demo(prefect_server: PrefectServer, ray_session: None) -> Demo:
 def mlflow_setup(tmp_path: Path, prefect_server: PrefectServer) -> MlflowSetup:
     """A fresh MLflow store (SQLite in tmp_path) and its block."""
     return make_mlflow(tmp_path / "mlflow")
+
+
+# --- `driftloop up`, shared by the stack tests (tests/test_stack*.py, in file order) ----------
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """`make up` as a user runs it, once for the tests that need a live service, after its
+    first training. The stack tests build on each other: each leaves the service running."""
+    from tests.stack import Stack, stop_leftovers
+
+    root = tmp_path_factory.mktemp("stack") / "checkout"
+    live = Stack(root)
+    live.up.wait_for("driftloop is up", timeout=240)
+    live.up.wait_for("completed", timeout=300)
+    yield live
+    leftovers = stop_leftovers(root)
+    assert not leftovers, leftovers

@@ -1,241 +1,127 @@
-"""`driftloop up` as a user runs it: real servers, a real worker, the demo, clean shutdown."""
+"""`driftloop up` as a user runs it, cycle after cycle, on one shared stack (conftest's
+`stack`): the tests build on each other in file order, and call no flow themselves.
+
+1. New data closes the loop (a new champion, its scoring), while MLflow, the Prefect server
+   and the worker are each killed during that training and restarted.
+2. An event storm (50 drift alerts, 5 revisions back to back), Ctrl-C while it is being worked
+   off, `make up` again and more new data: every revision is trained or visibly superseded by
+   a trained one, the interrupted training is resumed, nothing is duplicated or cancelled.
+3. A custom run from the Prefect UI in a real browser.
+4. `kill -9` of `driftloop up`, `make down`, `make up`: nothing left behind, the same champion
+   and data.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import pytest
 
-from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
-from driftloop.supervisor import session_members
-from tests.conftest import free_port
+from driftloop import names
+from driftloop.settings import PROJECT_ROOT
+from tests.stack import (
+    FINAL,
+    SCORING,
+    TRAINING,
+    Stack,
+    by_automation,
+    processes_of,
+    reason_of,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def processes_of(home: Path) -> list[str]:
-    """Command lines of live processes started for this state folder."""
-    marker = f"DRIFTLOOP_HOME={home}".encode()
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
-                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
-            continue
-    return found
-
-
-STARTED: list[Up] = []
-
-# The embedded server is Prefect on SQLite. Under the event storm it has been seen holding its
-# write lock for ~60 s ("database is locked" in its log), so a read may wait that long.
-API_TIMEOUT_S = 120
-
-
-class Up:
-    """A `driftloop up` process whose output is collected line by line."""
-
-    def __init__(self, env: dict[str, str]):
-        STARTED.append(self)
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.cli", "up"],
-            env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, start_new_session=True,
-        )  # fmt: skip
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if text in line:
-                    return line
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.lines))
-
-    def stop(self, sig: int) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=90)
-        self.reader.join(timeout=5)
-        return code
-
-
-def _make_env(root: Path) -> dict[str, str]:
-    shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
-    (root / "home").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRIFTLOOP_"))}
-    env.update(
-        {
-            **TELEMETRY_OFF,
-            "HOME": str(root / "home"),
-            "DRIFTLOOP_HOME": str(root / ".driftloop"),
-            "DRIFTLOOP_FEATURE_REPO": str(root / "feature_repo"),
-            "DRIFTLOOP_PREFECT_PORT": str(free_port()),
-            "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
-        }
-    )
-    return env
-
-
-def _stop_leftovers(root: Path) -> list[str]:
-    while STARTED:  # a test that failed half-way leaves its `up` running
-        up = STARTED.pop()
-        if up.process.poll() is None:
-            up.stop(signal.SIGTERM)
-    leftovers = processes_of(root / ".driftloop")
-    for pid_file in (root / ".driftloop" / "run").glob("*.pid"):
-        for pid in session_members(int(pid_file.read_text().split()[0])):
-            os.kill(pid, signal.SIGKILL)
-    return leftovers
-
-
-@pytest.fixture
-def stack_env(tmp_path):
-    env = _make_env(tmp_path / "checkout")
-    yield env
-    leftovers = _stop_leftovers(tmp_path / "checkout")
-    assert not leftovers, leftovers
-
-
-class Running:
-    """The `driftloop up` this module's tests share, after its first training."""
-
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.home = Path(env["DRIFTLOOP_HOME"])
-        self.prefect_url = f"http://127.0.0.1:{env['DRIFTLOOP_PREFECT_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{env['DRIFTLOOP_MLFLOW_PORT']}"
-        self.up = Up(env)
-
-
-@pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    """`make up` as a user runs it, once for the tests that need a live service."""
-    root = tmp_path_factory.mktemp("stack") / "checkout"
-    stack = Running(_make_env(root))
-    stack.up.wait_for("driftloop is up", timeout=240)
-    stack.up.wait_for("completed", timeout=300)
-    yield stack
-    leftovers = _stop_leftovers(root)
-    assert not leftovers, leftovers
-
-
-def flow_runs(prefect_url: str, deployment: str) -> list[dict]:
-    """Flow runs of a deployment, oldest first, as the Prefect API returns them."""
-    from datetime import UTC, datetime
-
-    import httpx
-
-    body = {"deployments": {"name": {"any_": [deployment]}}, "sort": "EXPECTED_START_TIME_ASC"}
-    runs = httpx.post(
-        f"{prefect_url}/api/flow_runs/filter", json=body, timeout=API_TIMEOUT_S
-    ).json()
-    # Leave out the runs the schedules created ahead of time (e.g. tonight's retraining).
-    now = datetime.now(UTC)
-    return [
-        r for r in runs
-        if not (r["state_type"] == "SCHEDULED"
-                and datetime.fromisoformat(r["expected_start_time"]) > now)
-    ]  # fmt: skip
-
-
-def wait_for_run(prefect_url: str, deployment: str, match, timeout: float) -> dict:
-    """The first run of the deployment for which match(run) holds, once it is final."""
+def wait_for_trials(stack: Stack, run_id: str, done: int, timeout: float = 300) -> None:
+    """Until `done` trials of the run completed (so an interruption loses real work)."""
     deadline = time.monotonic() + timeout
-    seen: list[dict] = []
-    while time.monotonic() < deadline:
-        seen = flow_runs(prefect_url, deployment)
-        for run in seen:
-            if match(run) and run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                return run
+    while True:
+        states = stack.task_states(run_id).get("evaluate-trial", [])
+        if states.count("Completed") >= done:
+            return
+        assert time.monotonic() < deadline, states
         time.sleep(1)
-    summary = [(r["name"], r["state_name"], r["parameters"]) for r in seen]
-    raise AssertionError(f"no matching {deployment} run in {timeout}s; runs: {summary}")
 
 
-def by_automation(run: dict) -> bool:
-    return (run.get("created_by") or {}).get("type") == "AUTOMATION"
+def kill_component(stack: Stack, name: str) -> None:
+    """`kill -9` of the component's main process (as the OOM killer would); wait until the
+    supervisor has restarted it."""
+    start = len(stack.up.lines)
+    os.kill(stack.component_pid(name), signal.SIGKILL)
+    stack.up.wait_for(f"{name} exited unexpectedly (code -9)", timeout=30, after=start)
+    stack.up.wait_for(f"Restarting {name} (restart 1;", timeout=60, after=start)
+    stack.up.wait_for(f"{name} is healthy again", timeout=180, after=start)
 
 
-def test_up_trains_the_demo_and_closes_the_loop_on_new_data(running):
-    """The issue's end-to-end path, with no manual flow call after the first training:
-    a drifted batch is pushed; automations train and promote a new champion, and the
-    promotion starts batch scoring, which writes predictions."""
-    up, home, stack_env = running.up, running.home, running.env
-    prefect_url, mlflow_url = running.prefect_url, running.mlflow_url
-    assert any(prefect_url in line for line in up.lines)
-    assert any(mlflow_url in line for line in up.lines)
+def test_new_data_closes_the_loop_even_when_components_die(stack: Stack):
+    """A drifted batch is pushed; automations train and promote a new champion, and the
+    promotion starts batch scoring. During that training MLflow, the Prefect server and the
+    worker are killed, one after the other: each is restarted, and the training rides
+    through on its retries."""
+    up, home = stack.up, stack.home
+    assert any(stack.prefect_url in line for line in up.lines)
+    assert any(stack.mlflow_url in line for line in up.lines)
 
     # 1. The first training: run from the deployment by the worker.
-    import httpx
-
-    trainings = flow_runs(prefect_url, "train-churn-model")
+    trainings = stack.flow_runs(TRAINING)
     assert len(trainings) == 1, [(r["name"], r["state_name"], r["parameters"]) for r in trainings]
-    (run,) = trainings
-    assert run["state_type"] == "COMPLETED" and run["deployment_id"]
-    blocks = httpx.post(f"{prefect_url}/api/block_documents/filter", json={}).json()
+    (first,) = trainings
+    assert first["state_type"] == "COMPLETED"
+    assert first["deployment_id"]
+    blocks = stack.api("POST", "/block_documents/filter", json={})
     assert {b["block_type"]["slug"] for b in blocks} >= {
         "driftloop-mlflow", "driftloop-feast", "driftloop-dvc-dataset", "driftloop-ray",
         "driftloop-drift-policy",
     }  # fmt: skip
-    automations = httpx.post(f"{prefect_url}/api/automations/filter", json={}).json()
-    assert {a["name"] for a in automations} >= {
-        "train-on-new-data", "retrain-on-drift", "score-on-promotion"
+    automations = {a["name"] for a in stack.api("POST", "/automations/filter", json={})}
+    assert automations >= {
+        "train-on-new-data", "retrain-on-drift", "score-on-promotion", names.ZOMBIE_AUTOMATION
     }  # fmt: skip
 
     # MLflow shows the champion with its lineage.
-    from mlflow import MlflowClient
-
-    # Explicit registry URI: other tests in this process set MLflow's global one.
-    client = MlflowClient(tracking_uri=mlflow_url, registry_uri=mlflow_url)
+    client = stack.mlflow()
     champion = client.get_model_version_by_alias("churn-model", "champion")
     assert champion.version == "1"
     assert champion.tags["driftloop.dvc.md5"]
-    assert champion.tags["driftloop.prefect.flow_run_id"] == run["id"]
+    assert champion.tags["driftloop.prefect.flow_run_id"] == first["id"]
     assert champion.tags["driftloop.feast.feature_service"] == "churn_model_v1"
+    assert champion.tags[names.TAG_DECISION] == names.DECISION_PROMOTED
 
     # The promotion event started batch scoring through its automation.
-    scoring = wait_for_run(prefect_url, "score-churn-batch", by_automation, timeout=240)
+    scoring = stack.wait_for_run(SCORING, by_automation, timeout=240)
     assert scoring["state_type"] == "COMPLETED", scoring["state"]
     assert list((home / "predictions" / "churn-model" / "v1").glob("*.parquet"))
 
     # 2. A drifted batch is pushed, as `make drift` does; its post-push hook emits the event.
-    pushed = subprocess.run(
-        [sys.executable, "-m", "driftloop.cli", "add-batch", "--drift"], env=stack_env,
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    assert "Emitted driftloop.dataset.updated" in pushed.stdout, pushed.stdout
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=home / "data" / "registry", capture_output=True,
-        text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+    commit = stack.add_batch("--drift")
 
-    # 3. The automation trains on exactly that revision; the new model becomes champion.
-    retrain = wait_for_run(
-        prefect_url, "train-churn-model",
-        lambda r: by_automation(r) and r["parameters"].get("rev") == commit, timeout=600,
-    )  # fmt: skip
+    # 3. The automation starts a training on exactly that revision; components die under it.
+    def for_commit(run: dict) -> bool:
+        return by_automation(run) and run["parameters"].get("rev") == commit
+
+    deadline = time.monotonic() + 120
+    while not [r for r in stack.flow_runs(TRAINING) if for_commit(r)]:
+        assert time.monotonic() < deadline, "the automation started no training"
+        time.sleep(1)
+    (retrain,) = [r for r in stack.flow_runs(TRAINING) if for_commit(r)]
+    stack.wait_until_state(retrain["id"], ("RUNNING",), timeout=180)
+    wait_for_trials(stack, retrain["id"], 1)
+    for name in ("mlflow-server", "prefect-server", "prefect-worker"):
+        kill_component(stack, name)
+    assert "Last lines of" in "\n".join(stack.up.lines)  # each exit quotes the component's log
+
+    retrain = stack.wait_until_state(retrain["id"], FINAL, timeout=600)
     assert retrain["state_type"] == "COMPLETED", retrain["state"]
-    assert retrain["parameters"]["trigger"]["reason"] == "driftloop.dataset.updated"
+    assert reason_of(retrain) == "driftloop.dataset.updated"
+    assert f"trained on data/churn_labels.parquet@{commit[:8]}" in retrain["state"]["message"]
     champion = client.get_model_version_by_alias("churn-model", "champion")
     assert champion.version == "2", champion.tags
     assert champion.tags["driftloop.prefect.flow_run_id"] == retrain["id"]
@@ -243,54 +129,116 @@ def test_up_trains_the_demo_and_closes_the_loop_on_new_data(running):
     assert champion.tags["driftloop.dvc.commit"] == commit
 
     # ... and its promotion starts scoring with version 2.
-    wait_for_run(
-        prefect_url, "score-churn-batch",
-        lambda r: by_automation(r) and r["id"] != scoring["id"], timeout=240,
-    )  # fmt: skip
+    stack.wait_for_run(SCORING, lambda r: by_automation(r) and r["id"] != scoring["id"], 240)
     assert list((home / "predictions" / "churn-model" / "v2").glob("*.parquet"))
+    assert stack.up.process.poll() is None  # the service stayed up throughout
 
-    # 4. An event storm: 20 drift alerts within a minute start at most 2 trainings; the
-    # others are cancelled by the deployment's concurrency limit, visibly.
+
+def accounted_for(commit: str, messages: dict[str, str], trained: set[str]) -> list[str]:
+    """How a revision ends up trained: [commit] if a version was trained on it, else the
+    chain of revisions that superseded it, ending in a trained one. Fails if it does not.
+
+    A run's final message says what it trained (`... parquet@<commit> ...`), or which newer
+    revision superseded its own (`... superseded by the newer revision <commit> ...`)."""
+    short = commit[:8]
+    if short in trained:
+        return [short]
+    message = messages[short]
+    newer = re.search(r"superseded by the newer revision ([0-9a-f]{8})", message)
+    assert newer, f"revision {short} was neither trained nor superseded: {message}"
+    if newer.group(1) in trained:
+        return [short, newer.group(1)]
+    return [short, *accounted_for(newer.group(1), messages, trained)]
+
+
+def test_a_storm_then_ctrl_c_then_up_loses_no_revision(stack: Stack):
+    """50 drift alerts at once and 5 revisions back to back; Ctrl-C while a training works
+    through them; `make up` again and one more revision. The burst starts at most one
+    training; the interrupted training is recorded as Crashed ("service stopped") and
+    resumed; every revision's run trained or says which trained revision superseded it; the
+    newest is trained; no run is cancelled, no model version duplicated, no slot wedged."""
     from prefect.events import Event
 
-    events = [
+    before = {r["id"] for r in stack.flow_runs(TRAINING)}
+
+    def storm_runs() -> list[dict]:
+        return [r for r in stack.flow_runs(TRAINING) if r["id"] not in before]
+
+    alerts = [
         Event(
-            event="driftloop.drift.detected",
+            event=names.EVENT_DRIFT_DETECTED,
             resource={"prefect.resource.id": "driftloop.model.churn-model"},
             payload={"drift_share": 0.5, "drifted_columns": ["plan", f"storm-{i}"],
                      "champion_version": "2", "window_start": "", "window_end": ""},
         ).model_dump(mode="json")
-        for i in range(20)
+        for i in range(50)
     ]  # fmt: skip
-    # 20 separate events (each its own id), delivered together as a busy event bus would.
-    httpx.post(f"{prefect_url}/api/events", json=events, timeout=120).raise_for_status()
+    # 50 separate events (each its own id), delivered together as a busy event bus would.
+    httpx.post(f"{stack.prefect_url}/api/events", json=alerts, timeout=120).raise_for_status()
+    stack.add_batch("--rows", "600", "--seed", "100", "--count", "5")
+    revisions = stack.commits(5)
 
-    def storm_runs() -> list[dict]:
-        return [
-            r for r in flow_runs(prefect_url, "train-churn-model")
-            if r["parameters"].get("trigger", {}).get("reason") == "driftloop.drift.detected"
-        ]  # fmt: skip
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        runs = storm_runs()
-        final = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CANCELLED")]
-        if len(runs) == 20 and len(final) == 20:
+    # Ctrl-C while a training of the storm is under way, with some of its work done.
+    deadline = time.monotonic() + 300
+    while True:
+        running = [r for r in storm_runs() if r["state_type"] == "RUNNING"]
+        trials = [stack.task_states(r["id"]).get("evaluate-trial", []) for r in running]
+        if any(t.count("Completed") >= 2 for t in trials):
             break
+        assert time.monotonic() < deadline, [(r["name"], r["state_name"]) for r in storm_runs()]
+        time.sleep(1)
+    interrupted = running[next(i for i, t in enumerate(trials) if t.count("Completed") >= 2)]
+    assert stack.up.stop(signal.SIGINT) == 0
+    assert any("flow run(s) in flight as Crashed" in line for line in stack.up.lines)
+    assert "Stopped." in stack.up.lines[-1]
+    assert processes_of(stack.home) == []
+    assert list(Path(stack.env["HOME"]).iterdir()) == []  # nothing written to the home folder
+
+    # `make up` again: the interrupted training is resumed (the same run, its work cached).
+    up = stack.restart()
+    assert any(f"resumed flow run {interrupted['name']!r}" in line for line in up.lines)
+    assert not any("prepared demo" in line for line in up.lines)  # the state is reused
+    states = stack.api("GET", f"/flow_run_states/?flow_run_id={interrupted['id']}")
+    assert any(
+        s["type"] == "CRASHED" and s["message"].startswith(names.CRASH_SERVICE_STOPPED)
+        for s in states
+    ), states
+    # More new data arrives; nothing holds the training slot, so it is trained.
+    newest = stack.add_batch("--rows", "600", "--seed", "200")
+    revisions.append(newest)
+
+    deadline = time.monotonic() + 900
+    while not (
+        any(r["parameters"].get("rev") == newest for r in storm_runs())
+        and all(r["state_type"] in FINAL for r in storm_runs())
+    ):
+        assert time.monotonic() < deadline, [(r["name"], r["state_name"]) for r in storm_runs()]
         time.sleep(2)
     runs = storm_runs()
-    states = sorted(r["state_type"] for r in runs)
-    assert len(runs) == 20, states
-    ran = [r for r in runs if r["state_type"] != "CANCELLED"]
-    assert 1 <= len(ran) <= 2, states
-    assert all(r["state_type"] == "COMPLETED" for r in ran), states
-    # The drifted columns of the event reached the run's parameters.
-    assert all(r["parameters"]["trigger"]["drifted_columns"][0] == "plan" for r in runs)
-    skipped = next(r for r in runs if r["state_type"] == "CANCELLED")
-    assert "concurrency" in (skipped["state"]["message"] or "").lower(), skipped["state"]
+    summary = [(r["name"], r["state_name"], reason_of(r), r["state"]["message"]) for r in runs]
+    assert all(r["state_type"] == "COMPLETED" for r in runs), summary
+    assert stack.read_run(interrupted["id"])["state_type"] == "COMPLETED"
+
+    drift_runs = [r for r in runs if reason_of(r) == names.REASON_DRIFT_DETECTED]
+    assert len(drift_runs) <= 1, summary
+    assert all(r["parameters"]["trigger"]["drifted_columns"][0] == "plan" for r in drift_runs)
+
+    versions = stack.mlflow().search_model_versions("name='churn-model'")
+    trained = {v.tags[names.TAG_DVC_COMMIT][:8] for v in versions}
+    assert newest[:8] in trained, summary
+    # Every revision was trained, or superseded by a newer one that was (perhaps in turn).
+    messages = {}
+    for commit in revisions:
+        (run,) = [r for r in runs if r["parameters"].get("rev") == commit]
+        messages[commit[:8]] = run["state"]["message"]
+    for commit in revisions:
+        assert accounted_for(commit, messages, trained)[-1] in trained
+    # No duplicates: no two versions come from the same data, features, configuration and code.
+    fingerprints = [v.tags.get(names.TAG_TRAINING_FINGERPRINT) for v in versions]
+    assert len(fingerprints) == len(set(fingerprints)), fingerprints
 
 
-def test_a_custom_run_started_from_the_ui_form_completes(running):
+def test_a_custom_run_started_from_the_ui_form_completes(stack: Stack):
     """A real browser (Debian's chromium via Playwright): the deployment page, the custom run
     form with a non-default parameter, the run followed to Completed, its artifacts."""
     from tests.browser import custom_run_from_the_ui, ensure_chromium
@@ -298,13 +246,10 @@ def test_a_custom_run_started_from_the_ui_form_completes(running):
     missing = ensure_chromium()
     if missing:
         pytest.skip(f"NO BROWSER TEST: chromium cannot be installed here: {missing}")
-    shots = Path(os.environ.get("DRIFTLOOP_SCREENSHOTS", running.home / "screenshots"))
-    run_id = custom_run_from_the_ui(running.prefect_url, "train-churn-model", 3, shots)
+    shots = Path(os.environ.get("DRIFTLOOP_SCREENSHOTS", stack.home / "screenshots"))
+    run_id = custom_run_from_the_ui(stack.prefect_url, TRAINING, 3, shots)
 
-    import httpx
-
-    run = httpx.get(f"{running.prefect_url}/api/flow_runs/{run_id}", timeout=API_TIMEOUT_S)
-    run = run.json()
+    run = stack.read_run(run_id)
     assert run["state_type"] == "COMPLETED"
     assert run["parameters"]["search"]["n_trials"] == 3  # the value typed into the form
     assert {p.name for p in shots.glob("*.png")} >= {
@@ -312,13 +257,41 @@ def test_a_custom_run_started_from_the_ui_form_completes(running):
     }  # fmt: skip
 
 
-def test_up_stops_cleanly_and_a_second_start_reuses_the_state(running):
-    up, home, stack_env = running.up, running.home, running.env
-    assert up.stop(signal.SIGINT) == 0
-    assert "Stopped." in up.lines[-1]
-    assert processes_of(home) == []
-    # Everything went to the state folder; nothing to the user's home.
-    assert list(Path(stack_env["HOME"]).iterdir()) == []
+def test_kill_9_of_up_then_down_then_up_keeps_the_champion_and_the_data(stack: Stack):
+    champion = stack.champion()
+    registry = stack.home / "data" / "registry"
+    tags = subprocess.run(
+        ["git", "tag"], cwd=registry, capture_output=True, text=True, check=True
+    ).stdout
+    feature_files = sorted((stack.home / "feast" / "data").glob("*.parquet"))
+    feature_rows = [len(pd.read_parquet(f)) for f in feature_files]
+
+    stack.up.process.kill()  # SIGKILL: no chance to stop anything itself
+    stack.up.process.wait()
+    down = subprocess.run(
+        [sys.executable, "-m", "driftloop.cli", "down"], env=stack.env, cwd=PROJECT_ROOT,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert down.returncode == 0, down.stdout + down.stderr
+    deadline = time.monotonic() + 30
+    while processes_of(stack.home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_of(stack.home) == []
+
+    up = stack.restart()
+    assert not any("prepared demo" in line for line in up.lines)
+    assert not any("Training " in line for line in up.lines)  # no second first training
+    assert stack.champion() == champion
+    assert (
+        subprocess.run(
+            ["git", "tag"], cwd=registry, capture_output=True, text=True, check=True
+        ).stdout
+        == tags
+    )
+    assert [len(pd.read_parquet(f)) for f in feature_files] == feature_rows
+
+    assert up.stop(signal.SIGTERM) == 0
+    assert processes_of(stack.home) == []
     for part in (
         "prefect/prefect.db",
         "mlflow/mlflow.db",
@@ -328,30 +301,4 @@ def test_up_stops_cleanly_and_a_second_start_reuses_the_state(running):
         "results",
         "logs/prefect-worker.log",
     ):
-        assert (home / part).exists(), part  # fmt: skip
-
-    # A second start reuses the state: no new demo data, no retraining; SIGTERM stops it.
-    again = Up(stack_env)
-    again.wait_for("driftloop is up", timeout=240)
-    assert not any("prepared demo" in line for line in again.lines)
-    assert not any("Training " in line for line in again.lines)
-    assert again.stop(signal.SIGTERM) == 0
-    assert processes_of(home) == []
-
-
-def test_down_cleans_up_after_a_killed_supervisor(stack_env):
-    home = Path(stack_env["DRIFTLOOP_HOME"])
-    env = {**stack_env}
-    up = Up(env)
-    up.wait_for("driftloop is up", timeout=240)
-    up.process.kill()  # SIGKILL: no chance to stop its children
-    up.process.wait()
-    code = subprocess.run(
-        [sys.executable, "-m", "driftloop.cli", "down"], env=env, cwd=PROJECT_ROOT,
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert code.returncode == 0, code.stdout + code.stderr
-    deadline = time.monotonic() + 30
-    while processes_of(home) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_of(home) == []
+        assert (stack.home / part).exists(), part
