@@ -106,7 +106,7 @@ def ensure_work_pool(name: str = names.WORK_POOL) -> None:
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=wanted))
 
 
-def zombie_automation(heartbeat_s: int, missed: int = 4):
+def zombie_automation(heartbeat_s: int, missed: int = 4, name: str = names.ZOMBIE_AUTOMATION):
     """Prefect's documented zombie detection, for driftloop's flow runs: after a heartbeat,
     expect another event of the run (a heartbeat or a state change) within `missed`
     heartbeat intervals; if none comes, the run's process is gone, so mark it Crashed.
@@ -124,7 +124,7 @@ def zombie_automation(heartbeat_s: int, missed: int = 4):
 
     within = heartbeat_s * missed
     return Automation(
-        name=names.ZOMBIE_AUTOMATION,
+        name=name,
         description=(
             f"Marks a driftloop flow run Crashed when it sent no heartbeat for {within}s "
             "(its process is gone). driftloop resumes such runs."
@@ -146,22 +146,23 @@ def zombie_automation(heartbeat_s: int, missed: int = 4):
                 state=StateType.CRASHED,
                 message=(
                     f"{names.CRASH_NO_HEARTBEAT}: the run sent no heartbeat for {within}s, "
-                    f"so its process is gone (marked Crashed by the automation "
-                    f"{names.ZOMBIE_AUTOMATION})"
+                    f"so its process is gone (marked Crashed by the automation {name})"
                 ),
             )
         ],
     )
 
 
-def ensure_zombie_automation(heartbeat_s: int) -> None:
+def ensure_zombie_automation(
+    heartbeat_s: int, missed: int = 4, name: str = names.ZOMBIE_AUTOMATION
+) -> None:
     """Create the zombie-detection automation, or replace it if its definition changed."""
     from prefect.automations import Automation
     from prefect.exceptions import ObjectNotFound
 
-    wanted = zombie_automation(heartbeat_s)
+    wanted = zombie_automation(heartbeat_s, missed, name)
     try:
-        current = Automation.read(name=names.ZOMBIE_AUTOMATION)
+        current = Automation.read(name=name)
     except (ObjectNotFound, ValueError):
         current = None
     if current is not None:

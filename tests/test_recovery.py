@@ -22,8 +22,8 @@ from tests.helpers import unique
 WORKER = "driftloop-test-worker"
 
 
-@pytest.fixture
-def deployment(prefect_server):
+def make_deployment(concurrency_limit: int | None = 1) -> tuple[str, object]:
+    """A deployment of its own, on a work pool of its own; (pool name, deployment id)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -36,9 +36,15 @@ def deployment(prefect_server):
             name=unique("deployment"),
             work_pool_name=pool,
             entrypoint="flows.training.train",
-            concurrency_limit=1,
+            concurrency_limit=concurrency_limit,
+            tags=[names.TAG_DRIFTLOOP],
         )
     return pool, deployment_id
+
+
+@pytest.fixture
+def deployment(prefect_server):
+    return make_deployment(concurrency_limit=1)
 
 
 def in_flight(deployment, pid: int | None, worker: str | None = WORKER, state: str = "RUNNING"):
@@ -202,3 +208,48 @@ def test_a_cancellation_nobody_finishes_is_finished(deployment):
     janitor(deployment, cancel_grace_s=0).crash_zombies()
     assert process.wait(timeout=30) is not None
     assert state_of(run).is_cancelled()
+
+
+def heartbeat(run) -> None:
+    """What a flow run's engine sends while it runs (the run's tags are related resources)."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event="prefect.flow-run.heartbeat",
+        resource={"prefect.resource.id": f"prefect.flow-run.{run.id}"},
+        related=[{"prefect.resource.id": f"prefect.tag.{names.TAG_DRIFTLOOP}",
+                  "prefect.resource.role": "tag"}],
+    )  # fmt: skip
+
+
+def test_prefects_zombie_detection_crashes_a_run_whose_heartbeats_stop(prefect_server):
+    """The automation driftloop creates at start (Prefect's documented recipe), here with 5 s
+    heartbeats: a run whose heartbeats stop is crashed; one that keeps sending them is not;
+    the crash counts as an interruption, so the run is resumed."""
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+
+    from driftloop.bootstrap import ensure_zombie_automation
+
+    name = unique("zombies")
+    ensure_zombie_automation(heartbeat_s=5, missed=2, name=name)
+    ensure_zombie_automation(heartbeat_s=5, missed=2, name=name)  # idempotent
+    with get_client(sync_client=True) as client:
+        assert len(client.read_automations_by_name(name)) == 1
+    deployment = make_deployment(concurrency_limit=None)
+    try:
+        silent = in_flight(deployment, None, worker="a-worker-elsewhere")
+        alive = in_flight(deployment, None, worker="a-worker-elsewhere")
+        heartbeat(silent)
+        deadline = time.monotonic() + 60
+        while not state_of(silent).is_crashed():
+            assert time.monotonic() < deadline, state_of(silent)
+            heartbeat(alive)
+            time.sleep(3)
+        assert state_of(silent).message.startswith(f"{names.CRASH_NO_HEARTBEAT}: ")
+        assert state_of(alive).is_running()
+        resumer = RunJanitor(worker_name="a-worker-elsewhere", pool=deployment[0],
+                             log=lambda _: None)  # fmt: skip
+        assert [r.id for r in resumer.resume_interrupted()] == [silent.id]
+    finally:
+        Automation.read(name=name).delete()
