@@ -82,15 +82,26 @@ def release_revision(dataset_name: str, md5: str) -> None:
         client.delete_variable_by_name(names.seen_revision_variable(dataset_name, md5))
 
 
-def record_training(dataset_name: str, md5: str, rev: str, flow_run_id: str) -> None:
-    """The training run `flow_run_id` covers this revision (it trained it, or found it
-    trained already)."""
+def record_training(
+    dataset_name: str,
+    md5: str,
+    rev: str,
+    flow_run_id: str,
+    *,
+    superseded_by: str | None = None,
+    message: str | None = None,
+) -> None:
+    """The training run `flow_run_id` covers this revision: it trained it, or found it trained
+    already, or (`superseded_by`) it trains a newer revision whose data supersedes this one,
+    which then gets no training of its own; `message` says so in the entry."""
     entry = read_ledger(dataset_name, md5)
     value = {
         **(entry or {"rev": rev, "md5": md5, "seen_by": "training", "seen_at": ""}),
         "training_run": flow_run_id,
         "trained_at": datetime.now(UTC).isoformat(),
     }
+    if superseded_by:
+        value |= {"superseded_by": superseded_by, "message": message or ""}
     if entry is None and _write(dataset_name, md5, value, create=True):
         return
     _write(dataset_name, md5, value, create=False)

@@ -42,10 +42,12 @@ def choose_revision(
         return requested, None
     if rev is not None and is_requested_by_person(reason):
         return requested, None
-    return newest, (
-        f"revision {requested.commit[:8]} was superseded by the newer revision "
-        f"{newest.commit[:8]} (latest wins)"
-    )
+    return newest, superseded_message(requested.commit, newest.commit)
+
+
+def superseded_message(older: str, newer: str) -> str:
+    """How a revision that gave way to a newer one is recorded, on its run or in its ledger."""
+    return f"revision {older[:8]} was superseded by the newer revision {newer[:8]} (latest wins)"
 
 
 def training_fingerprint(

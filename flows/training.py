@@ -1,7 +1,8 @@
 """Training: DVC data + Feast features -> model search on Ray -> MLflow champion.
 
-    resolve dataset (requested and newest) -> resolve features -> plan: which revision
-      (latest wins), or skip (this exact model exists already)
+    resolve dataset (requested and newest) -> plan: which revision (latest wins)
+      -> record the earlier revisions it supersedes -> resolve features
+      -> skip if this exact model exists already
       -> load labeled entities -> get historical features -> validate
       -> split holdout -> search models (trials on Ray) -> train best (on Ray) -> evaluate
       -> log to MLflow (run + one child run per trial)
@@ -42,6 +43,7 @@ from driftloop.ray_runner import DriftloopRayTaskRunner, current_runner, submit_
 from driftloop.search import best_outcome, spec_from_dict
 from flows.model_search import search_models
 from tasks.announce_promotion import announce_promotion
+from tasks.cover_older_revisions import cover_older_revisions
 from tasks.decide_promotion import decide_promotion
 from tasks.evaluate_champion import evaluate_champion, get_champion
 from tasks.evaluate_model import evaluate_model
@@ -136,6 +138,7 @@ def train(
     plan = plan_training(dataset_cfg.name, dataset_block, rev, requested, newest, trigger)
     if plan.skip:
         return _skipped(plan, mlflow_cfg, get_champion(mlflow_cfg))
+    cover_older_revisions(dataset_cfg.name, dataset_block, plan.dataset)
     resolved = resolve_features(feast_cfg, features)
     config = {
         "search": search.model_dump(mode="json"),

@@ -15,6 +15,11 @@ def resolve_dataset(location: DatasetLocation) -> DatasetVersion:
 
     Never cached: a branch name such as ``main`` points at different data over time.
     """
+    return resolve(location)
+
+
+def resolve(location: DatasetLocation) -> DatasetVersion:
+    """`resolve_dataset` outside a task: a location's commit and md5."""
     from dvc.api import DVCFileSystem
     from dvc.exceptions import NotDvcRepoError
     from dvc.scm import RevError, SCMError
@@ -45,3 +50,17 @@ def resolve_dataset(location: DatasetLocation) -> DatasetVersion:
             "file; track it with `dvc add` so its content is versioned"
         )
     return DatasetVersion(location=location, commit=commit, md5=md5, size=info.get("size"))
+
+
+def earlier_commits(location: DatasetLocation, commit: str, limit: int) -> list[str]:
+    """Up to `limit` commits before `commit` on its first-parent line, newest first (the
+    data registry's history, whatever the file did in each)."""
+    from itertools import islice
+
+    from dvc.api import DVCFileSystem
+
+    fs = DVCFileSystem(location.repo, rev=commit)
+    try:
+        return list(islice(fs.repo.scm.branch_revs(commit), 1, limit + 1))
+    finally:
+        fs.close()

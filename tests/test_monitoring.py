@@ -100,6 +100,8 @@ def test_new_data_is_announced_once_and_again_only_if_no_training_follows(world)
 
     demo, mlflow = world
     with quietly():
+        # Pushed but never announced (as if its announcement failed), then a newer revision.
+        skipped = add_batch(demo.settings, rows=300, seed=10)
         revision = add_batch(demo.settings, rows=500, seed=11)
     resource = names.dataset_resource_id(demo.dataset_name)
     first = detect_new_data(dataset_block=demo.dataset_block)
@@ -111,7 +113,7 @@ def test_new_data_is_announced_once_and_again_only_if_no_training_follows(world)
     assert event.payload["rev"] == revision.commit == demo.registry.head()
     assert event.payload["md5"] == revision.md5
     assert event.payload["path"] == "data/churn_labels.parquet"
-    assert event.payload["rows"] == 3 * 1500 + 500
+    assert event.payload["rows"] == 3 * 1500 + 300 + 500
 
     # No training followed (this test server has no automations, as if the action had
     # failed): after the grace period the revision is announced again.
@@ -124,6 +126,14 @@ def test_new_data_is_announced_once_and_again_only_if_no_training_follows(world)
     assert state.result().dataset_commit == revision.commit
     entry = dataset_events.read_ledger(demo.dataset_name, revision.md5)
     assert entry["training_run"] == str(state.state_details.flow_run_id)
+    # The revision nobody announced is recorded as superseded by the one trained (latest wins).
+    older = dataset_events.read_ledger(demo.dataset_name, skipped.md5)
+    assert older["training_run"] == str(state.state_details.flow_run_id)
+    assert older["superseded_by"] == revision.commit
+    assert older["message"] == (
+        f"revision {skipped.commit[:8]} was superseded by the newer revision "
+        f"{revision.commit[:8]} (latest wins)"
+    )
     assert detect_new_data(dataset_block=demo.dataset_block, announce_again_after_s=0) is None
     found = events(names.EVENT_DATASET_UPDATED, resource, at_least=2)
     assert [e.payload["md5"] for e in found] == [revision.md5, revision.md5]
