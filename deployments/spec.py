@@ -45,6 +45,9 @@ class EventTrigger:
     # Fire on the first matching event, then ignore the rest for this many seconds (Prefect's
     # reactive trigger with threshold 1: a burst of events starts one run).
     within_s: int = 0
+    # More resource labels the event must carry (Prefect's `match`), e.g. a retraining that
+    # fires only when there are new labels.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_yaml(self) -> dict[str, Any]:
         return {
@@ -52,7 +55,7 @@ class EventTrigger:
             "description": self.description,
             "type": "event",
             "enabled": True,
-            "match": {"prefect.resource.id": self.resource_id},
+            "match": {"prefect.resource.id": self.resource_id, **self.labels},
             "expect": [self.event],
             "posture": "Reactive",
             "threshold": 1,

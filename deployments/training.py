@@ -40,16 +40,20 @@ TRAIN_CHURN_MODEL = DeploymentSpec(
         ),
         EventTrigger(
             name="retrain-on-drift",
-            description="The churn champion's features drifted: retrain on the newest data "
-            "(at most once per 10 minutes, however many alerts arrive).",
+            description="The churn champion's features drifted and the dataset holds labels it "
+            "was not fit on: retrain on the revision the check saw, or a newer one (at most "
+            "once per 10 minutes, however many alerts arrive). Drift without new labels "
+            "starts nothing; it is announced as driftloop.retraining.skipped.",
             event=names.EVENT_DRIFT_DETECTED,
             within_s=600,
             resource_id=names.model_resource_id(demo.DEMO_MODEL_NAME),
+            labels={names.LABEL_NEW_LABELS: "true"},
             parameters={
+                "rev": "{{ event.payload.rev }}",
                 "trigger": {
                     "reason": names.REASON_DRIFT_DETECTED,
                     "drifted_columns": "{{ event.payload.drifted_columns }}",
-                }
+                },
             },
         ),
     ),

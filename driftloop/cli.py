@@ -75,11 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     batch.add_argument("--label-shift", type=float, default=0.0, help="added to churn log-odds")
     batch.add_argument(
+        "--concept-shift", type=float, default=0.0,
+        help="concept drift: churn depends less (0.5: not at all, 1: inversely) on the features",
+    )  # fmt: skip
+    batch.add_argument(
         "--new-category",
         action="append",
         default=[],
         metavar="COLUMN=VALUE",
         help="introduce a new category in a categorical column (repeatable)",
+    )
+    batch.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="feature rows only (traffic whose outcomes are not known yet): no new revision",
     )
     batch.add_argument(
         "--no-announce",
@@ -107,13 +116,20 @@ def main(argv: list[str] | None = None) -> int:
         custom = DriftSpec(
             covariate_shift=_parse_shift(args.shift),
             label_shift=args.label_shift,
+            concept_shift=args.concept_shift,
             new_categories=dict(item.split("=", 1) for item in args.new_category),
         )
         drift = STRONG_DRIFT if args.drift and not custom.is_drifted else custom
         if args.count < 1:
             raise SystemExit(f"--count must be at least 1, got {args.count}")
         for i in range(args.count):
-            revision = add_batch(settings, rows=args.rows, drift=drift, seed=args.seed + i)
+            revision = add_batch(
+                settings, rows=args.rows, drift=drift, seed=args.seed + i,
+                labels=not args.no_labels,
+            )  # fmt: skip
+            if revision is None:
+                print(f"Added {args.rows} customers' feature rows without labels (no revision)")
+                continue
             print(
                 f"Added {revision.tag} ({revision.commit[:8]}): {revision.rows} labeled rows, "
                 f"md5 {revision.md5}"

@@ -127,6 +127,9 @@ class ModelVersionRef(_Value):
     compared_to: str | None = Field(
         default=None, description="The champion version its gate compared it with."
     )
+    fitted_until: str | None = Field(
+        default=None, description="Newest row timestamp of the data it was fit on (ISO, UTC)."
+    )
 
     @property
     def uri(self) -> str:
@@ -187,6 +190,32 @@ class DriftResult(_Value):
         return self.drift_share >= self.drift_share_threshold
 
 
+class PerformanceCheck(_Value):
+    """The champion scored on labeled rows it was not fit on, before it is retrained."""
+
+    model_name: str
+    champion_version: str
+    metric: str
+    score: float
+    baseline: float | None = Field(description="Its score on its own holdout when trained.")
+    rows: int
+    degraded: str | None = Field(default=None, description="Why it counts as degraded, if so.")
+    monitoring_run_id: str | None = None
+
+
+class LabelStatus(_Value):
+    """Whether the dataset's newest revision holds labeled data the champion was not fit on."""
+
+    commit: str = Field(description="The newest revision, resolved when checked.")
+    md5: str
+    champion_version: str
+    trained_version: str | None = Field(
+        default=None, description="The newest version trained on this revision's content."
+    )
+    new_labels: bool
+    reason: str
+
+
 class ScoringResult(_Value):
     """A batch of predictions written by the scoring flow."""
 
@@ -215,6 +244,9 @@ class TrainingPlan(_Value):
     skip: str | None = Field(default=None, description="Why the run does not train, if so.")
     existing_version: str | None = Field(
         default=None, description="The version already trained on this fingerprint, if any."
+    )
+    existing_decision: str | None = Field(
+        default=None, description="That version's decision (promoted, rejected)."
     )
 
 

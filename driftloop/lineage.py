@@ -39,6 +39,8 @@ def lineage_tags(
         tags[names.TAG_FEAST_FEATURE_SERVICE] = features.feature_service
     if trigger.drifted_columns:
         tags[names.TAG_TRIGGER_DRIFTED_COLUMNS] = ",".join(trigger.drifted_columns)[:_MAX_TAG]
+    if trigger.performance_drop:
+        tags[names.TAG_TRIGGER_PERFORMANCE_DROP] = trigger.performance_drop[:_MAX_TAG]
     if run_id:
         tags[names.TAG_FLOW_RUN_ID] = run_id
     if run_url:

@@ -12,6 +12,12 @@ EVENT_DATASET_UPDATED = "driftloop.dataset.updated"
 EVENT_DRIFT_DETECTED = "driftloop.drift.detected"
 EVENT_DRIFT_CHECKED = "driftloop.drift.checked"
 EVENT_MODEL_PROMOTED = "driftloop.model.promoted"
+# The champion scored on labeled rows it has not seen: below its bar, or not.
+EVENT_PERFORMANCE_DEGRADED = "driftloop.performance.degraded"
+EVENT_PERFORMANCE_CHECKED = "driftloop.performance.checked"
+# A drift or degradation signal that cannot be acted on: the champion has seen all labeled
+# data there is. A signal for a person (new labels are needed), not for the optimizer.
+EVENT_RETRAINING_SKIPPED = "driftloop.retraining.skipped"
 
 DATASET_RESOURCE_PREFIX = "driftloop.dataset."
 MODEL_RESOURCE_PREFIX = "driftloop.model."
@@ -37,6 +43,11 @@ PAYLOAD_DRIFTED_COLUMNS = "drifted_columns"
 PAYLOAD_CHAMPION_VERSION = "champion_version"
 PAYLOAD_WINDOW_START = "window_start"
 PAYLOAD_WINDOW_END = "window_end"
+PAYLOAD_NEW_LABELS = "new_labels"
+PAYLOAD_REASON = "reason"
+# A resource label on drift events: "true" when the dataset holds labeled data the champion
+# has not been fit on, so retraining can change something. Retraining triggers match on it.
+LABEL_NEW_LABELS = "driftloop.new-labels"
 
 # Why a training run started (`trigger.reason`), as the deployments' schedules and triggers
 # set it.
@@ -45,6 +56,10 @@ REASON_FIRST_START = "first start"
 REASON_SCHEDULE = "schedule"
 REASON_DATASET_UPDATED = EVENT_DATASET_UPDATED
 REASON_DRIFT_DETECTED = EVENT_DRIFT_DETECTED
+REASON_PERFORMANCE_DEGRADED = EVENT_PERFORMANCE_DEGRADED
+# Reasons that are signals about the champion (as opposed to new data, a schedule or a person):
+# a retraining they ask for that cannot change anything is announced for a person.
+SIGNAL_REASONS = frozenset({REASON_DRIFT_DETECTED, REASON_PERFORMANCE_DEGRADED})
 
 
 def seen_revision_variable(dataset_name: str, md5: str) -> str:
@@ -80,7 +95,11 @@ TAG_FLOW_RUN_ID = "driftloop.prefect.flow_run_id"
 TAG_FLOW_RUN_URL = "driftloop.prefect.flow_run_url"
 TAG_TRIGGER_REASON = "driftloop.trigger.reason"
 TAG_TRIGGER_DRIFTED_COLUMNS = "driftloop.trigger.drifted_columns"
+TAG_TRIGGER_PERFORMANCE_DROP = "driftloop.trigger.performance_drop"
 TAG_TRAINING_FINGERPRINT = "driftloop.training.fingerprint"
+# The newest row timestamp (ISO, UTC) of the data a version was fit on: rows after it are
+# new to that version (its gate and its performance checks use them).
+TAG_FITTED_UNTIL = "driftloop.data.fitted_until"
 TAG_DECISION = "driftloop.decision"
 TAG_DECISION_REASON = "driftloop.decision.reason"
 TAG_GATE_METRIC = "driftloop.gate.metric"
@@ -118,6 +137,9 @@ DRIFT_REPORT_ARTIFACT = "drift/report.html"
 TAG_DRIFT_DETECTED = "driftloop.drift.detected"
 TAG_DRIFT_CHAMPION_VERSION = "driftloop.drift.champion_version"
 TAG_MODEL_NAME = "driftloop.model.name"
+# The MLflow run per model that holds the champion's score on each new labeled batch.
+TAG_MONITOR = "driftloop.monitor"
+MONITOR_PERFORMANCE = "performance"
 
 # --- Deployment infrastructure ---------------------------------------------------------------
 WORK_POOL = "driftloop-process"

@@ -85,6 +85,11 @@ class SplitPolicy(_Params):
     holdout_fraction: float = Field(
         default=0.2, gt=0, lt=0.9, description="Share of the newest rows held out."
     )
+    refit_on_holdout: bool = Field(
+        default=True,
+        description="After the holdout has judged the model, fit it again on training plus "
+        "holdout rows and register that fit, so the version has seen the newest labeled data.",
+    )
 
 
 class DataQualityPolicy(_Params):
@@ -119,6 +124,12 @@ class PromotionPolicy(_Params):
             "at least this for roc_auc/f1/accuracy, at most this for log_loss."
         ),
     )
+    max_degradation: float = Field(
+        default=0.03,
+        ge=0,
+        description="The champion counts as degraded when, on labeled rows it has not seen, "
+        "`metric` is worse than on its own holdout by more than this (or misses the floor).",
+    )
 
 
 class SearchPolicy(_Params):
@@ -151,6 +162,10 @@ class TriggerContext(_Params):
     reason: str = Field(default="manual", max_length=200, description="e.g. manual, schedule.")
     drifted_columns: list[str] = Field(
         default_factory=list, description="Columns a drift check flagged, if drift started it."
+    )
+    performance_drop: str | None = Field(
+        default=None,
+        description="How the champion's score fell on new labels, if that is why it retrains.",
     )
 
 

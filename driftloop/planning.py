@@ -81,3 +81,26 @@ def skip_reason(
         f"({dataset.short}), features, configuration and code, and was {decision}; "
         "nothing new to train or register"
     )
+
+
+def new_labels_reason(
+    champion_version: str, newest: DatasetVersion, trained: tuple[str, str | None] | None
+) -> tuple[bool, str]:
+    """Has the dataset labeled data no training has used yet? And the reason, in words.
+
+    `trained` is the newest version fit on the newest revision's content (its md5), with its
+    decision, if there is one. Then a retraining cannot change anything, whatever the champion
+    is. Example: champion v2 was fit on the newest revision ``eb4d88c3``: (False, "no labeled
+    data newer than champion v2 (commit eb4d88c3)").
+    """
+    if trained is None:
+        return True, f"{newest.short} holds labeled data no version was trained on"
+    version, decision = trained
+    if version == champion_version:
+        return False, (
+            f"no labeled data newer than champion v{champion_version} (commit {newest.commit[:8]})"
+        )
+    return False, (
+        f"no labeled data newer than v{version} ({decision or 'undecided'}), trained on commit "
+        f"{newest.commit[:8]}; champion v{champion_version} stays"
+    )

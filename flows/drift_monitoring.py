@@ -1,8 +1,10 @@
 """Drift monitoring: the champion's training reference against the latest production features.
 
-find champion -> load its training reference -> resolve its features
-  -> get the feature window (Feast offline store) -> measure drift (Evidently)
-  -> log the report to MLflow -> publish the drift table -> announce detected / checked
+find champion -> load its reference (the newest span of what it was fit on)
+  -> resolve its features -> get the feature window (Feast offline store)
+  -> measure drift (Evidently) -> log the report to MLflow -> publish the drift table
+  -> check for labeled data the champion has not seen (DVC)
+  -> announce detected (retrainable or not) / checked
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from pathlib import Path
 from prefect import flow
 
 from blocks.drift import DriftPolicy
+from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
 from driftloop import names
 from driftloop.contracts import DriftResult
 from driftloop.params import DriftWindow
 from driftloop.ray_runner import DriftloopRayTaskRunner
+from driftloop.timewindows import newest_span
 from tasks.announce_drift import announce_drift
+from tasks.check_new_labels import check_new_labels
 from tasks.get_feature_window import get_feature_window
 from tasks.load_champion_reference import (
     champion_features,
@@ -29,6 +34,7 @@ from tasks.load_champion_reference import (
 from tasks.log_drift_report import log_drift_report
 from tasks.measure_drift import measure_drift
 from tasks.publish_drift_summary import publish_drift_summary
+from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 
 
@@ -38,22 +44,34 @@ def monitor_drift(
     drift_block: str = names.DEFAULT_BLOCK,
     feast_block: str = names.DEFAULT_BLOCK,
     mlflow_block: str = names.DEFAULT_BLOCK,
+    dataset_block: str = names.DEFAULT_BLOCK,
 ) -> DriftResult:
     """Check the champion's features for drift over a window of production data and emit
     `driftloop.drift.detected` or `driftloop.drift.checked`.
+
+    The reference is the newest `window.days` of the data the champion was fit on, so right
+    after a training the two compare the same span. A detected drift's event says whether the
+    dataset holds labeled data the champion has not seen (the retraining automation fires only
+    then); if it does not, `driftloop.retraining.skipped` tells a person that new labels are
+    needed.
 
     Args:
         window: The window of production features (default: the newest 7 days of data).
         drift_block: Name of the `driftloop-drift-policy` block (tests, thresholds, share).
         feast_block: Name of the `driftloop-feast` block.
         mlflow_block: Name of the `driftloop-mlflow` block (model, and where reports go).
+        dataset_block: Name of the `driftloop-dvc-dataset` block with the labeled data.
     """
     policy = DriftPolicy.load_named(drift_block)
     feast_cfg = FeastFeatureStore.load_named(feast_block)
     mlflow_cfg = MlflowTracking.load_named(mlflow_block)
+    dataset_cfg = DvcDataset.load_named(dataset_block)
 
     champion = find_champion(mlflow_cfg)
-    reference = load_champion_reference(champion, mlflow_cfg)
+    reference = newest_span(
+        load_champion_reference(champion, mlflow_cfg),
+        dataset_cfg.table_schema().timestamp_column, window.days, policy.min_rows,
+    )  # fmt: skip
     features = resolve_features(feast_cfg, champion_features(champion, mlflow_cfg))
     current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)
     with tempfile.TemporaryDirectory(prefix="driftloop-drift-") as tmp:
@@ -63,5 +81,6 @@ def monitor_drift(
         )  # fmt: skip
         logged = log_drift_report(result, report, mlflow_cfg)
     publish_drift_summary(result, logged)
-    announce_drift(result)
+    labels = check_new_labels(champion, resolve_dataset(dataset_cfg.location()), mlflow_cfg)
+    announce_drift(result, labels)
     return result

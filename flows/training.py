@@ -4,9 +4,11 @@
       -> record the earlier revisions it supersedes -> resolve features
       -> skip if this exact model exists already
       -> load labeled entities -> get historical features -> validate
+      -> score the champion on the labeled rows it has not seen (performance, MLflow series)
       -> split holdout -> search models (trials on Ray) -> train best (on Ray) -> evaluate
-      -> log to MLflow (run + one child run per trial)
-      -> [transaction] register -> evaluate champion -> gate -> record -> promote -> announce
+      -> refit on training + holdout rows (on Ray) -> log to MLflow (run + a child run per trial)
+      -> [transaction] register -> select the rows the champion has not seen
+         -> evaluate challenger and champion on them -> gate -> record -> promote -> announce
 
 Compute (trials, the final fit) runs on Ray; I/O and registry steps run in the flow process.
 Everything after registration runs in one Prefect transaction: if any step fails, rollback
@@ -41,8 +43,11 @@ from driftloop.params import (
 )
 from driftloop.ray_runner import DriftloopRayTaskRunner, current_runner, submit_unless_cached
 from driftloop.search import best_outcome, spec_from_dict
+from driftloop.timewindows import fitted_until
 from flows.model_search import search_models
 from tasks.announce_promotion import announce_promotion
+from tasks.announce_retraining_skipped import announce_retraining_skipped
+from tasks.check_champion_performance import check_champion_performance
 from tasks.cover_older_revisions import cover_older_revisions
 from tasks.decide_promotion import decide_promotion
 from tasks.evaluate_champion import evaluate_champion, get_champion
@@ -58,15 +63,25 @@ from tasks.record_decision import record_decision
 from tasks.register_model import register_model_version
 from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
-from tasks.split_holdout import split_holdout
+from tasks.select_gate_rows import select_gate_rows
+from tasks.split_holdout import split_holdout, with_holdout
 from tasks.train_model import train_model
 from tasks.validate_training_data import validate_training_data
 
 
 def _skipped(
-    plan: TrainingPlan, mlflow_cfg: MlflowTracking, champion: ModelVersionRef | None
+    plan: TrainingPlan,
+    trigger: TriggerContext,
+    mlflow_cfg: MlflowTracking,
+    champion: ModelVersionRef | None,
 ) -> State:
-    """The run's final state when it decides not to train: Completed, named Skipped."""
+    """The run's final state when it decides not to train: Completed, named Skipped. A
+    retraining a signal asked for, on data already trained, is announced for a person."""
+    if plan.existing_version and trigger.reason in names.SIGNAL_REASONS:
+        reason = announce_retraining_skipped(
+            plan, trigger, mlflow_cfg.registered_model_name, champion
+        )
+        plan = plan.model_copy(update={"skip": f"{reason}; {plan.skip}"})
     result = TrainingResult(
         outcome="skipped",
         model_name=mlflow_cfg.registered_model_name,
@@ -137,7 +152,7 @@ def train(
     newest = requested if rev is None else resolve_dataset(dataset_cfg.location())
     plan = plan_training(dataset_cfg.name, dataset_block, rev, requested, newest, trigger)
     if plan.skip:
-        return _skipped(plan, mlflow_cfg, get_champion(mlflow_cfg))
+        return _skipped(plan, trigger, mlflow_cfg, get_champion(mlflow_cfg))
     cover_older_revisions(dataset_cfg.name, dataset_block, plan.dataset)
     resolved = resolve_features(feast_cfg, features)
     config = {
@@ -150,11 +165,17 @@ def train(
     }
     plan = check_already_trained(plan, resolved, config, mlflow_cfg)
     if plan.skip:
-        return _skipped(plan, mlflow_cfg, get_champion(mlflow_cfg))
+        return _skipped(plan, trigger, mlflow_cfg, get_champion(mlflow_cfg))
     dataset = plan.dataset
     entities = load_labeled_entities(dataset, schema)
     frame = get_historical_features(entities, dataset, resolved, schema, feast_cfg, quality)
     validate_training_data(frame, dataset, resolved, schema)
+    # Before retraining: how does the champion do on the labels it has not seen?
+    performance = check_champion_performance(
+        get_champion(mlflow_cfg), frame, dataset, resolved, schema, gate, mlflow_cfg
+    )
+    if performance and performance.degraded:
+        trigger = trigger.model_copy(update={"performance_drop": performance.degraded})
     train_rows, holdout = split_holdout(frame, schema, split)
     trials = []
     if search.n_trials:
@@ -167,9 +188,19 @@ def train(
          "random_state": random_state},
     ).result()  # fmt: skip
     metrics = evaluate_model(fitted, holdout, resolved, schema)
+    # The holdout has judged the fit; the version registered has seen the newest rows too.
+    final, fit_rows, refit_metrics = fitted, train_rows, None
+    if split.refit_on_holdout:
+        fit_rows = with_holdout(train_rows, holdout)
+        final = submit_unless_cached(
+            train_model,
+            {"train": fit_rows, "features": resolved, "schema": schema, "spec": model,
+             "random_state": random_state},
+        ).result()  # fmt: skip
+        refit_metrics = evaluate_model(final, fit_rows, resolved, schema)
     run = log_to_mlflow(
-        fitted, train_rows, mlflow_cfg, dataset, resolved, schema, model, random_state, split,
-        metrics, trigger,
+        final, fit_rows, mlflow_cfg, dataset, resolved, schema, model, random_state, split,
+        metrics, trigger, refit_metrics,
     )  # fmt: skip
     if trials:
         log_trials_to_mlflow(run, trials, mlflow_cfg)
@@ -177,12 +208,18 @@ def train(
     tags = {
         **lineage_tags(dataset, resolved, trigger),
         names.TAG_TRAINING_FINGERPRINT: plan.fingerprint,
+        names.TAG_FITTED_UNTIL: fitted_until(fit_rows, schema.timestamp_column),
     }
     with transaction():
         version = register_model_version(run, mlflow_cfg, tags)
         champion = get_champion(mlflow_cfg)
-        champion_eval = evaluate_champion(champion, holdout, resolved, schema, mlflow_cfg)
-        decision = decide_promotion(version, metrics, champion_eval, gate)
+        # Challenger and champion are judged on the same rows, none of which either was fit on.
+        judged, note = select_gate_rows(holdout, schema, champion)
+        gate_metrics = metrics if note is None else evaluate_model(fitted, judged, resolved, schema)
+        champion_eval = evaluate_champion(champion, judged, resolved, schema, mlflow_cfg)
+        decision = decide_promotion(version, gate_metrics, champion_eval, gate)
+        if note:
+            decision = decision.model_copy(update={"reason": f"{decision.reason}; {note}"})
         record_decision(decision, run, mlflow_cfg)
         promote_model(decision, mlflow_cfg)
         announce_promotion(decision, mlflow_cfg)

@@ -39,6 +39,7 @@ def get_champion(mlflow: MlflowTracking) -> ModelVersionRef | None:
         url=mlflow.model_version_url(version),
         decision=found.tags.get(names.TAG_DECISION),
         compared_to=found.tags.get(names.TAG_COMPARED_TO),
+        fitted_until=found.tags.get(names.TAG_FITTED_UNTIL),
     )
 
 

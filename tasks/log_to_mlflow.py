@@ -39,10 +39,12 @@ def model_requirements() -> list[str]:
 
 
 def reference_sample(
-    train: pd.DataFrame, features: ResolvedFeatures, schema: TableSchema, rows: int
+    fit: pd.DataFrame, features: ResolvedFeatures, schema: TableSchema, rows: int
 ) -> pd.DataFrame:
-    """A seeded sample of the training feature matrix, with keys and label, for drift checks."""
-    sample = train.sample(n=min(rows, len(train)), random_state=0).sort_index()
+    """The drift reference: the newest `rows` rows the model was fit on (its newest data
+    included), with keys, timestamp and label. A drift check compares its newest span with
+    the newest window of production features."""
+    sample = fit.sort_values(schema.timestamp_column, kind="stable").tail(rows)
     keep = [*schema.entity_columns, schema.timestamp_column, *features.names, schema.label_column]
     return sample[keep].reset_index(drop=True)
 
@@ -54,7 +56,15 @@ def reference_sample(
     # trigger is left out on purpose: the same data retrained for another reason is the same
     # model.
     cache_policy=by_content(
-        "mlflow", "dataset", "features", "schema", "spec", "random_state", "split", "metrics"
+        "mlflow",
+        "dataset",
+        "features",
+        "schema",
+        "spec",
+        "random_state",
+        "split",
+        "metrics",
+        "refit_metrics",
     ),
     persist_result=True,
     **IO_RETRIES,
@@ -71,8 +81,13 @@ def log_to_mlflow(
     split: SplitPolicy,
     metrics: Metrics,
     trigger: TriggerContext,
+    refit_metrics: Metrics | None = None,
 ) -> LoggedRun:
-    """Create an MLflow run holding everything needed to trust and reproduce the model."""
+    """Create an MLflow run holding everything needed to trust and reproduce the model.
+
+    `train` is what the model was fit on (training plus holdout rows after a refit);
+    `metrics` are the holdout's verdict on the fit that had not seen it, `refit_metrics` the
+    refit's in-sample scores (logged as `refit_in_sample_<metric>`)."""
     import mlflow as mlflow_lib
     from mlflow.models import infer_signature
 
@@ -95,12 +110,17 @@ def log_to_mlflow(
                 **spec_params(spec),
                 "model.random_state": random_state,
                 "split.holdout_fraction": split.holdout_fraction,
-                "data.train_rows": len(train),
+                "split.refit_on_holdout": split.refit_on_holdout,
+                "data.fit_rows": len(train),
                 "data.label_column": schema.label_column,
                 "features.count": len(columns),
             }
         )
         mlflow_lib.log_metrics(metrics.as_dict())
+        if refit_metrics is not None:
+            mlflow_lib.log_metrics(
+                {f"refit_in_sample_{k}": v for k, v in refit_metrics.as_dict().items()}
+            )
         sample = reference_sample(train, features, schema, REFERENCE_SAMPLE_ROWS)
         with warnings.catch_warnings():
             # MLflow's hint about integer columns concerns model signatures; this is the

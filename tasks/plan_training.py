@@ -98,5 +98,10 @@ def check_already_trained(
         "Plan: %s", skip or f"train on {dataset.short} (fingerprint {fingerprint[:12]})"
     )
     return plan.model_copy(
-        update={"fingerprint": fingerprint, "skip": skip, "existing_version": version}
+        update={
+            "fingerprint": fingerprint,
+            "skip": skip,
+            "existing_version": version,
+            "existing_decision": decision,
+        }
     )

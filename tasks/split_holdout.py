@@ -47,3 +47,10 @@ def split_holdout(
         "Split at %s: %d training rows, %d holdout rows", cutoff, len(train), len(holdout)
     )
     return train, holdout
+
+
+def with_holdout(train: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
+    """Training and holdout rows together, oldest first: what a refit is fit on."""
+    import pandas as pd
+
+    return pd.concat([train, holdout], ignore_index=True)

@@ -223,8 +223,29 @@ class Stack:
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-        assert "Emitted driftloop.dataset.updated" in pushed.stdout, pushed.stdout
+        if "--no-labels" not in args:
+            assert "Emitted driftloop.dataset.updated" in pushed.stdout, pushed.stdout
         return self.commits(1)[0]
+
+    def run_deployment(self, deployment: str, timeout: float = 300, **parameters: Any) -> dict:
+        """A run of the deployment, as its schedule or "Run" in the UI starts it, followed
+        to its final state."""
+        (found,) = self.api(
+            "POST", "/deployments/filter", json={"deployments": {"name": {"any_": [deployment]}}}
+        )
+        run = self.api(
+            "POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters}
+        )
+        return self.wait_until_state(run["id"], FINAL, timeout=timeout)
+
+    def events(self, name: str, since: str) -> list[dict]:
+        """Events of this name that occurred since `since` (ISO), oldest first."""
+        body = {
+            "filter": {"event": {"name": [name]}, "occurred": {"since": since}},
+            "limit": 50,
+        }
+        found = self.api("POST", "/events/filter", json=body)["events"]
+        return sorted(found, key=lambda e: e["occurred"])
 
     def commits(self, count: int) -> list[str]:
         """The newest `count` commits of the data registry, oldest first."""

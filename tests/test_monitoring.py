@@ -40,7 +40,8 @@ def world(prefect_server, ray_session, tmp_path_factory):
 def monitor(demo, mlflow, **kwargs):
     return monitor_drift(
         drift_block=demo.drift_block, feast_block=demo.feast_block,
-        mlflow_block=mlflow.block_name, return_state=True, **kwargs,
+        mlflow_block=mlflow.block_name, dataset_block=demo.dataset_block, return_state=True,
+        **kwargs,
     )  # fmt: skip
 
 
@@ -66,9 +67,16 @@ def test_no_drift_on_data_like_the_training_data(world):
     resource = names.model_resource_id(mlflow.model_name)
     (event,) = events(names.EVENT_DRIFT_CHECKED, resource)
     assert set(event.payload) == {
-        "drift_share", "drifted_columns", "champion_version", "window_start", "window_end"
+        "drift_share", "drifted_columns", "champion_version", "window_start", "window_end",
+        "rev", "md5", "new_labels", "reason",
     }  # fmt: skip
     assert event.payload["champion_version"] == "1"
+    # The champion was trained on the newest revision: nothing new to learn from.
+    assert event.payload["rev"] == demo.registry.head()
+    assert event.payload["new_labels"] is False
+    assert event.payload["reason"] == (
+        f"no labeled data newer than champion v1 (commit {demo.registry.head()[:8]})"
+    )
     flow_run_id = state.state_details.flow_run_id
     assert f"prefect.flow-run.{flow_run_id}" in {r.id for r in event.related}
 
@@ -205,6 +213,11 @@ def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
     (event,) = events(names.EVENT_DRIFT_DETECTED, names.model_resource_id(mlflow.model_name))
     assert sorted(event.payload["drifted_columns"]) == sorted(result.drifted_columns)
     assert event.payload["drift_share"] == pytest.approx(result.drift_share)
+    # The batch's labels are new to every version: the retraining automation may fire, on the
+    # revision the check resolved.
+    assert event.payload["rev"] == revision.commit == demo.registry.head()
+    assert event.payload["new_labels"] is True
+    assert event.resource[names.LABEL_NEW_LABELS] == "true"
 
 
 def test_editing_the_policy_block_changes_the_next_run(world):

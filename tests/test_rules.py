@@ -102,3 +102,73 @@ def test_an_unfinished_version_does_not():
     assert skip_reason("m", "3", None, at("b")) is None
     assert skip_reason("m", "3", names.DECISION_PROMOTING, at("b")) is None
     assert skip_reason("m", "3", names.DECISION_ROLLED_BACK, at("b")) is None
+
+
+# --- what a model has seen, by time ---------------------------------------------------------
+def frame(days: list[int], labels: list[int] | None = None):
+    import pandas as pd
+
+    stamps = pd.to_datetime("2026-01-01", utc=True) + pd.to_timedelta(days, unit="D")
+    return pd.DataFrame({"ts": stamps, "y": labels or [i % 2 for i in range(len(days))]})
+
+
+def test_rows_after_a_fit_date_are_new_to_the_model():
+    from driftloop.timewindows import fitted_until, rows_after
+
+    rows = frame([0, 1, 2, 3])
+    until = fitted_until(rows.iloc[:2], "ts")
+    assert list(rows_after(rows, "ts", until).index) == [2, 3]
+    assert len(rows_after(rows, "ts", None)) == 4  # unknown: everything counts
+
+
+def test_the_gate_judges_on_rows_the_champion_has_not_seen():
+    from driftloop.timewindows import fitted_until, gate_rows
+
+    holdout = frame([0] * 50 + [5] * 150)
+    until = fitted_until(holdout.iloc[:50], "ts")
+    rows, note = gate_rows(holdout, "ts", "y", until)
+    assert len(rows) == 150
+    assert "150 holdout rows newer than the champion's data" in note
+    rows, note = gate_rows(holdout, "ts", "y", None)
+    assert (len(rows), note) == (200, None)  # no fit date: the whole holdout
+
+
+def test_too_few_unseen_rows_fall_back_to_the_whole_holdout_and_say_so():
+    from driftloop.timewindows import fitted_until, gate_rows
+
+    holdout = frame([0] * 190 + [5] * 10)
+    rows, note = gate_rows(holdout, "ts", "y", fitted_until(holdout.iloc[:190], "ts"))
+    assert len(rows) == 200
+    assert note.startswith("only 10 holdout rows are newer")
+
+
+def test_the_drift_reference_is_the_newest_span_of_the_fit_data():
+    from driftloop.timewindows import newest_span
+
+    rows = frame(list(range(30)))
+    assert len(newest_span(rows, "ts", days=7, min_rows=5)) == 8  # days 22..29
+    assert len(newest_span(rows, "ts", days=7, min_rows=20)) == 30  # too few: all of it
+
+
+# --- labels and performance -----------------------------------------------------------------
+def test_no_new_labels_when_a_version_was_trained_on_the_newest_content():
+    from driftloop.planning import new_labels_reason
+
+    newest = at("eb4d88c3")
+    assert new_labels_reason("2", newest, None)[0] is True
+    new, reason = new_labels_reason("2", newest, ("2", "promoted"))
+    assert (new, reason) == (False, "no labeled data newer than champion v2 (commit eb4d88c3)")
+    new, reason = new_labels_reason("2", newest, ("3", "rejected"))
+    assert new is False
+    assert reason.startswith("no labeled data newer than v3 (rejected)")
+
+
+def test_degraded_means_below_the_floor_or_far_below_its_own_holdout():
+    from driftloop.performance import degradation_reason
+
+    assert degradation_reason("roc_auc", 0.83, 0.84, floor=0.6, max_degradation=0.03) is None
+    assert "0.1300 worse" in degradation_reason("roc_auc", 0.71, 0.84, 0.6, 0.03)
+    assert "misses the floor" in degradation_reason("roc_auc", 0.55, None, 0.6, 0.03)
+    # log loss: lower is better, so a rise is the loss
+    assert degradation_reason("log_loss", 0.40, 0.45, floor=0.7, max_degradation=0.03) is None
+    assert "worse" in degradation_reason("log_loss", 0.55, 0.45, 0.7, 0.03)

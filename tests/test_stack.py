@@ -3,11 +3,14 @@
 
 1. New data closes the loop (a new champion, its scoring), while MLflow, the Prefect server
    and the worker are each killed during that training and restarted.
-2. An event storm (50 drift alerts, 5 revisions back to back), Ctrl-C while it is being worked
+2. The loop settles, cycle after cycle: a check after the promotion finds no drift; drifted
+   traffic without labels is reported but retrains nothing; concept drift shows as a drop of
+   the champion's score on new labels, and the training records it.
+3. An event storm (50 drift alerts, 5 revisions back to back), Ctrl-C while it is being worked
    off, `make up` again and more new data: every revision is trained or visibly superseded by
    a trained one, the interrupted training is resumed, nothing is duplicated or cancelled.
-3. A custom run from the Prefect UI in a real browser.
-4. `kill -9` of `driftloop up`, `make down`, `make up`: nothing left behind, the same champion
+4. A custom run from the Prefect UI in a real browser.
+5. `kill -9` of `driftloop up`, `make down`, `make up`: nothing left behind, the same champion
    and data.
 """
 
@@ -132,6 +135,93 @@ def test_new_data_closes_the_loop_even_when_components_die(stack: Stack):
     stack.wait_for_run(SCORING, lambda r: by_automation(r) and r["id"] != scoring["id"], 240)
     assert list((home / "predictions" / "churn-model" / "v2").glob("*.parquet"))
     assert stack.up.process.poll() is None  # the service stayed up throughout
+
+
+MONITOR = "monitor-churn-drift"
+
+
+def now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
+
+
+def test_the_loop_settles_cycle_after_cycle(stack: Stack):
+    """Three cycles after the drifted batch of the first test promoted v2:
+    1. the next drift check of v2 settles (`drift.checked`): v2 was refit on its newest data;
+    2. drifted traffic with no new labels: each check reports the drift, says retraining is
+       skipped for lack of labels, and starts nothing;
+    3. concept drift (the label's relation to the features changes, the features do not): the
+       champion's score on the new labels drops, `performance.degraded` is emitted and the
+       training records it, ending promoted or rejected with a reason.
+    No duplicate version at any point."""
+    client = stack.mlflow()
+
+    def versions() -> list:
+        return client.search_model_versions("name='churn-model'")
+
+    def trainings() -> set[str]:
+        return {r["id"] for r in stack.flow_runs(TRAINING)}
+
+    champion = client.get_model_version_by_alias("churn-model", "champion")
+    assert champion.version == "2"
+    assert champion.tags[names.TAG_FITTED_UNTIL]  # refit on its holdout: it saw the newest rows
+    before_versions, before_runs = len(versions()), trainings()
+
+    # 1. The check right after the promotion on the drifted batch settles.
+    since = now_iso()
+    check = stack.run_deployment(MONITOR)
+    assert check["state_type"] == "COMPLETED", check["state"]
+    assert stack.events(names.EVENT_DRIFT_DETECTED, since) == []
+    (checked,) = stack.events(names.EVENT_DRIFT_CHECKED, since)
+    assert checked["payload"]["champion_version"] == "2"
+    assert checked["payload"]["rev"] == champion.tags[names.TAG_DVC_COMMIT]
+    assert checked["resource"][names.LABEL_NEW_LABELS] == "false"
+
+    # 2. Drifted traffic, no new labels: drift is reported at every check, nothing retrains.
+    since = now_iso()
+    # (Not the drift v2 was trained on: its columns and direction are others.)
+    stack.add_batch(
+        "--no-labels", "--rows", "4000", "--seed", "250",
+        "--shift", "tenure_months=-1.5", "--shift", "days_since_last_login=1.5",
+        "--shift", "late_payments_90d=1.5", "--shift", "avg_session_minutes=-1.5",
+        "--new-category", "region=offshore",
+    )  # fmt: skip
+    for _ in range(2):
+        check = stack.run_deployment(MONITOR)
+        assert check["state_type"] == "COMPLETED", check["state"]
+    detected = stack.events(names.EVENT_DRIFT_DETECTED, since)
+    assert len(detected) == 2
+    for event in detected:
+        assert event["resource"][names.LABEL_NEW_LABELS] == "false"
+        assert event["payload"]["rev"] == champion.tags[names.TAG_DVC_COMMIT]
+        assert event["payload"]["reason"] == (
+            f"no labeled data newer than champion v2 "
+            f"(commit {champion.tags[names.TAG_DVC_COMMIT][:8]})"
+        )
+    assert len(stack.events(names.EVENT_RETRAINING_SKIPPED, since)) == 2
+    time.sleep(10)  # what an automation would have started by now
+    assert trainings() == before_runs
+    assert len(versions()) == before_versions
+
+    # 3. Concept drift: the same features, another relation to churn.
+    since = now_iso()
+    commit = stack.add_batch("--concept-shift", "0.7", "--rows", "1500", "--seed", "300")
+    run = stack.wait_for_run(TRAINING, lambda r: r["parameters"].get("rev") == commit, 600)
+    assert run["state_type"] == "COMPLETED", run["state"]
+    (degraded,) = stack.events(names.EVENT_PERFORMANCE_DEGRADED, since)
+    assert degraded["payload"]["rev"] == commit
+    assert degraded["payload"]["champion_version"] == "2"
+    assert degraded["payload"]["score"] < degraded["payload"]["baseline"] - 0.03
+    (version,) = [v for v in versions() if v.tags.get(names.TAG_FLOW_RUN_ID) == run["id"]]
+    assert version.tags[names.TAG_TRIGGER_PERFORMANCE_DROP] == degraded["payload"]["degraded"]
+    assert version.tags[names.TAG_DECISION] in (names.DECISION_PROMOTED, names.DECISION_REJECTED)
+    assert run["state"]["message"].startswith(("Promoted: ", "Kept champion: ")), run["state"]
+    history = client.get_metric_history(degraded["payload"]["monitoring_run_id"], "live_roc_auc")
+    assert [round(m.value, 6) for m in history][-1] == round(degraded["payload"]["score"], 6)
+
+    fingerprints = [v.tags.get(names.TAG_TRAINING_FINGERPRINT) for v in versions()]
+    assert len(fingerprints) == len(set(fingerprints)), fingerprints
 
 
 def accounted_for(commit: str, messages: dict[str, str], trained: set[str]) -> list[str]:

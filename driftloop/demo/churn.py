@@ -50,12 +50,16 @@ class DriftSpec:
     - ``covariate_shift``: numeric column -> shift of its mean, in units of its std. The label
       still depends on the shifted values the same way (pure covariate shift).
     - ``label_shift``: added to the churn log-odds (label-rate shift).
+    - ``concept_shift``: how far churn stops depending on the features the way it did (concept
+      drift, the features unchanged): their effect is scaled by ``1 - 2 * concept_shift``, so
+      0.5 removes it and 1 reverses it.
     - ``new_categories``: categorical column -> new category, introduced in
       ``new_category_share`` of rows, with a strong effect on churn that an old model cannot know.
     """
 
     covariate_shift: dict[str, float] = field(default_factory=dict)
     label_shift: float = 0.0
+    concept_shift: float = 0.0
     new_categories: dict[str, str] = field(default_factory=dict)
     new_category_share: float = 0.3
 
@@ -77,7 +81,9 @@ class DriftSpec:
 
     @property
     def is_drifted(self) -> bool:
-        return bool(self.covariate_shift or self.label_shift or self.new_categories)
+        return bool(
+            self.covariate_shift or self.label_shift or self.concept_shift or self.new_categories
+        )
 
 
 # A drift that is unmistakable both to a drift test and to a model: a costlier population, more
@@ -176,9 +182,8 @@ def generate_batch(
         categorical[column] = np.where(chosen, category, categorical[column]).astype(object)
         new_flag |= chosen
 
-    logit = (
-        -1.6
-        + np.select(
+    effects = (
+        np.select(
             [categorical["contract"] == "month-to-month", categorical["contract"] == "one-year"],
             [1.1, -0.4],
             default=-1.3,
@@ -192,6 +197,10 @@ def generate_batch(
         + 0.45 * (categorical["payment_method"] == "electronic_check")
         - 0.25 * (categorical["plan"] == "premium")
         - 0.02 * (numeric["avg_session_minutes"] - 12)
+    )
+    logit = (
+        -1.6
+        + (1 - 2 * drift.concept_shift) * effects
         + drift.label_shift
         + NEW_CATEGORY_EFFECT * new_flag
     )

@@ -168,6 +168,9 @@ def prepare_demo(
     return revisions
 
 
+UNLABELED_BATCH_OFFSET = 10_000
+
+
 def add_batch(
     settings: DriftloopSettings,
     *,
@@ -175,8 +178,12 @@ def add_batch(
     drift: DriftSpec | None = None,
     seed: int = 42,
     now: datetime | None = None,
-) -> RegistryRevision:
-    """Add the next week of labeled customers (optionally drifted) to the data registry."""
+    labels: bool = True,
+) -> RegistryRevision | None:
+    """Add the next week of labeled customers (optionally drifted) to the data registry.
+
+    With `labels=False` only the customers' feature rows reach the feature store (production
+    traffic whose outcomes are not known yet): no revision is made, and None is returned."""
     registry = demo_registry(settings)
     if not registry.exists():
         raise RuntimeError(
@@ -190,8 +197,12 @@ def add_batch(
     # Once new data has caught up with the clock, a batch's observations span one minute.
     stop = max(min(start + timedelta(days=BATCH_DAYS), now), start + timedelta(minutes=1))
     index = len(registry.batch_tags())
-    batch = generate_batch(batch=index, rows=rows, start=start, end=stop, seed=seed, drift=drift)
+    # Unlabeled traffic draws other customers than the next labeled batch will.
+    draw = index if labels else index + UNLABELED_BATCH_OFFSET
+    batch = generate_batch(batch=draw, rows=rows, start=start, end=stop, seed=seed, drift=drift)
     append_features(settings.feature_repo_dir, batch)
+    if not labels:
+        return None
     table = _append_labels(registry, batch)
     kind = "drifted" if drift and drift.is_drifted else "regular"
     return registry.commit_table(
