@@ -182,21 +182,22 @@ def train(
         trials = search_models(train_rows, resolved, schema, search, ray_cfg, random_state)
         rank_trials(trials, search.metric)
         model = spec_from_dict(best_outcome(trials, search).spec)
-    fitted = submit_unless_cached(
-        train_model,
-        {"train": train_rows, "features": resolved, "schema": schema, "spec": model,
-         "random_state": random_state},
-    ).result()  # fmt: skip
+
+    def fit(rows):
+        """The chosen spec fit on these rows, on Ray (or from the cache)."""
+        return submit_unless_cached(
+            train_model,
+            {"train": rows, "features": resolved, "schema": schema, "spec": model,
+             "random_state": random_state},
+        ).result()  # fmt: skip
+
+    fitted = fit(train_rows)
     metrics = evaluate_model(fitted, holdout, resolved, schema)
     # The holdout has judged the fit; the version registered has seen the newest rows too.
     final, fit_rows, refit_metrics = fitted, train_rows, None
     if split.refit_on_holdout:
         fit_rows = with_holdout(train_rows, holdout)
-        final = submit_unless_cached(
-            train_model,
-            {"train": fit_rows, "features": resolved, "schema": schema, "spec": model,
-             "random_state": random_state},
-        ).result()  # fmt: skip
+        final = fit(fit_rows)
         refit_metrics = evaluate_model(final, fit_rows, resolved, schema)
     run = log_to_mlflow(
         final, fit_rows, mlflow_cfg, dataset, resolved, schema, model, random_state, split,
