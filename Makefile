@@ -29,7 +29,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # behind a TLS-inspecting proxy the install works without SSL_CERT_FILE in the environment.
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: help install up down test pytest lint format batch drift bench bench-ray bench-events prefect.yaml deploy worker feast clean distclean
+.PHONY: help install up down test test-fast pytest lint format batch drift bench bench-ray bench-events prefect.yaml deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ test: install ## lint, check prefect.yaml, run the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m deployments.render --check
 	$(BIN)/pytest
+
+test-fast: install ## the inner loop: lint and the tests not marked slow (no whole-stack tests)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -m "not slow" $(ARGS)
 
 pytest: install ## run only the tests (ARGS="-k name" to select)
 	$(BIN)/pytest $(ARGS)

@@ -59,6 +59,7 @@ class Stack:
                 "DRIFTLOOP_FEATURE_REPO": str(self.root / "feature_repo"),
                 "DRIFTLOOP_PREFECT_PORT": str(self.prefect_port),
                 "DRIFTLOOP_MLFLOW_PORT": str(self.mlflow_port),
+                "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
             }
         )
         self.api = f"http://127.0.0.1:{self.prefect_port}/api"

@@ -94,6 +94,24 @@ class MlflowTracking(DriftloopBlock):
             # Created concurrently by another run.
             return client.get_experiment_by_name(self.experiment_name).experiment_id
 
+    def monitoring_run(self, kind: str, model_name: str, version: str | None = None) -> str:
+        """The id of the run that holds a model's (or one version's) `kind` of monitoring
+        series, created on first use: its metrics have one step per check, so the MLflow UI
+        charts them."""
+        from driftloop import names
+
+        client = self.activate()
+        experiment_id = self.experiment_id()
+        tags = {names.TAG_MONITOR: kind, names.TAG_MODEL_NAME: model_name}
+        if version is not None:
+            tags[names.TAG_DRIFT_CHAMPION_VERSION] = version
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = client.search_runs([experiment_id], query, max_results=1)
+        if found:
+            return found[0].info.run_id
+        run_name = f"{kind}-{model_name}" + (f"-v{version}" if version is not None else "")
+        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         base = self.link_base
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None

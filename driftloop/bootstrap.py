@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from uuid import UUID
 
 from blocks import DriftPolicy, DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
 from blocks._base import DriftloopBlock
@@ -153,21 +154,76 @@ def zombie_automation(heartbeat_s: int, missed: int = 4, name: str = names.ZOMBI
     )
 
 
+def ensure_automation(wanted) -> bool:
+    """Create the automation, or replace the one of that name if its definition changed.
+    Returns whether anything was written."""
+    from prefect.automations import Automation
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        current = Automation.read(name=wanted.name)
+    except (ObjectNotFound, ValueError):
+        current = None
+    if current is not None:
+        if current.model_dump(exclude={"id"}) == wanted.model_dump(exclude={"id"}):
+            return False
+        current.delete()
+    wanted.create()
+    return True
+
+
 def ensure_zombie_automation(
     heartbeat_s: int, missed: int = 4, name: str = names.ZOMBIE_AUTOMATION
 ) -> None:
     """Create the zombie-detection automation, or replace it if its definition changed."""
-    from prefect.automations import Automation
+    ensure_automation(zombie_automation(heartbeat_s, missed, name))
+
+
+def ensure_notification_block(settings: DriftloopSettings) -> UUID:
+    """The id of the block document the notifications go through.
+
+    `DRIFTLOOP_NOTIFY_BLOCK` (`<type slug>/<name>`) names one the user made in the UI (Slack,
+    e-mail, ...). Otherwise it is driftloop's webhook block to the local receiver, created if
+    missing and never overwritten: a user who edits it in the UI (say, to a Slack URL) keeps
+    the edit.
+    """
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    wanted = zombie_automation(heartbeat_s, missed, name)
-    try:
-        current = Automation.read(name=name)
-    except (ObjectNotFound, ValueError):
-        current = None
-    if current is not None:
-        same = current.model_dump(exclude={"id"}) == wanted.model_dump(exclude={"id"})
-        if same:
-            return
-        current.delete()
-    wanted.create()
+    if settings.notify_block:
+        slug, name = settings.notify_block.split("/", 1)
+    else:
+        slug, name = CustomWebhookNotificationBlock.get_block_type_slug(), names.NOTIFY_BLOCK
+    with get_client(sync_client=True) as client:
+        try:
+            document = client.read_block_document_by_name(name, slug)
+        except ObjectNotFound:
+            if settings.notify_block:
+                raise ValueError(
+                    f"DRIFTLOOP_NOTIFY_BLOCK={settings.notify_block!r}: there is no {slug!r} "
+                    f"block named {name!r} (create it in the UI under Blocks first)"
+                ) from None
+            CustomWebhookNotificationBlock(
+                name="driftloop",
+                url=settings.notify_url,
+                json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            ).save(names.NOTIFY_BLOCK)
+            document = client.read_block_document_by_name(name, slug)
+        capabilities = document.block_schema.capabilities if document.block_schema else []
+        if "notify" not in capabilities:
+            raise ValueError(
+                f"DRIFTLOOP_NOTIFY_BLOCK={settings.notify_block!r} is not a notification block"
+            )
+        return document.id
+
+
+def ensure_notification_automations(block_document_id: UUID, renotify_minutes: int) -> int:
+    """Create or update the automations that notify a person (deployments.notifications).
+    Returns how many were written."""
+    from datetime import timedelta
+
+    from deployments.notifications import notification_automations
+
+    wanted = notification_automations(block_document_id, timedelta(minutes=renotify_minutes))
+    return sum(ensure_automation(automation) for automation in wanted)

@@ -168,6 +168,25 @@ class ColumnDrift(_Value):
     drifted: bool
 
 
+class PredictionDrift(_Value):
+    """The champion's scores on the current window against its scores on its reference (the
+    newest span of the rows it was fit on): the same test the features get, on its output."""
+
+    method: str
+    score: float
+    threshold: float
+    drifted: bool
+    reference_mean: float = Field(description="Mean predicted probability on the reference.")
+    current_mean: float = Field(description="Mean predicted probability on the window.")
+
+
+class DriftTrendPoint(_Value):
+    """One earlier check in a champion version's drift series (MLflow)."""
+
+    at: str = Field(description="When the check was logged (ISO 8601, UTC).")
+    drift_share: float
+
+
 class DriftResult(_Value):
     """What a drift check found for the champion over one window of production features."""
 
@@ -180,6 +199,9 @@ class DriftResult(_Value):
     drift_share: float = Field(description="Share of the features that drifted.")
     drift_share_threshold: float
     columns: tuple[ColumnDrift, ...]
+    prediction: PredictionDrift | None = Field(
+        default=None, description="Drift of the champion's predictions (reported, not judged)."
+    )
 
     @property
     def drifted_columns(self) -> list[str]:

@@ -12,6 +12,8 @@ EVENT_DATASET_UPDATED = "driftloop.dataset.updated"
 EVENT_DRIFT_DETECTED = "driftloop.drift.detected"
 EVENT_DRIFT_CHECKED = "driftloop.drift.checked"
 EVENT_MODEL_PROMOTED = "driftloop.model.promoted"
+# A challenger that did not beat the champion at the gate (the reason is in the payload).
+EVENT_MODEL_REJECTED = "driftloop.model.rejected"
 # The champion scored on labeled rows it has not seen: below its bar, or not.
 EVENT_PERFORMANCE_DEGRADED = "driftloop.performance.degraded"
 EVENT_PERFORMANCE_CHECKED = "driftloop.performance.checked"
@@ -45,6 +47,9 @@ PAYLOAD_WINDOW_START = "window_start"
 PAYLOAD_WINDOW_END = "window_end"
 PAYLOAD_NEW_LABELS = "new_labels"
 PAYLOAD_REASON = "reason"
+# Where a person looks next: the MLflow page of the model version (or run) the event is about.
+PAYLOAD_MLFLOW_URL = "mlflow_url"
+PAYLOAD_PREDICTION_DRIFT = "prediction_drift"
 # A resource label on drift events: "true" when the dataset holds labeled data the champion
 # has not been fit on, so retraining can change something. Retraining triggers match on it.
 LABEL_NEW_LABELS = "driftloop.new-labels"
@@ -140,6 +145,15 @@ TAG_MODEL_NAME = "driftloop.model.name"
 # The MLflow run per model that holds the champion's score on each new labeled batch.
 TAG_MONITOR = "driftloop.monitor"
 MONITOR_PERFORMANCE = "performance"
+# ... and the run per champion version that holds its drift share at each check.
+MONITOR_DRIFT = "drift"
+
+# --- Notifications ---------------------------------------------------------------------------
+# The notification block the automations send through (a webhook to the local receiver by
+# default; edit it in the UI to post to Slack, or point the automations at another block).
+NOTIFY_BLOCK = "driftloop-notifications"
+# Name prefix of the automations that notify a person (one per kind of news).
+NOTIFY_AUTOMATION_PREFIX = "driftloop-notify-"
 
 # --- Deployment infrastructure ---------------------------------------------------------------
 WORK_POOL = "driftloop-process"

@@ -48,6 +48,26 @@ class DriftloopSettings(BaseSettings):
     startup_timeout_s: float = Field(
         default=90.0, gt=0, description="How long a component may take to become healthy."
     )
+    notify_port: int = Field(
+        default=4280, ge=1, le=65535, description="Port of the local notification receiver."
+    )
+    notify_block: str | None = Field(
+        default=None,
+        description=(
+            "The notification block the automations send through, as `<block type slug>/"
+            "<name>` (e.g. `slack-webhook/team-alerts`). Unset: driftloop's webhook block "
+            "to the local receiver."
+        ),
+        pattern=r"^[a-z0-9-]+/[^/]+$",
+    )
+    renotify_minutes: int = Field(
+        default=360,
+        ge=1,
+        description=(
+            "A person hears about drift, skipped retraining or degraded performance of a model "
+            "at most once per this many minutes, however often the checks report it."
+        ),
+    )
 
     # --- derived locations -------------------------------------------------------------
     @cached_property
@@ -97,6 +117,15 @@ class DriftloopSettings(BaseSettings):
     @cached_property
     def logs_dir(self) -> Path:
         return self.home / "logs"
+
+    @cached_property
+    def notifications_file(self) -> Path:
+        """Where the local receiver writes each notification it gets (one JSON per line)."""
+        return self.logs_dir / "notifications.jsonl"
+
+    @property
+    def notify_url(self) -> str:
+        return f"http://{self.host}:{self.notify_port}/notify"
 
     @cached_property
     def run_dir(self) -> Path:

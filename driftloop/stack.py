@@ -108,6 +108,17 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
             port=settings.mlflow_port,
             startup_timeout_s=timeout,
         ),
+        # Where the default notification block sends (driftloop.notify_receiver).
+        "notify-receiver": Component(
+            name="notify-receiver",
+            argv=[python, "-m", "driftloop.notify_receiver", "--host", settings.host,
+                  "--port", str(settings.notify_port), "--file", str(settings.notifications_file)],
+            env=env,
+            log_file=logs / "notify-receiver.log",
+            health_url=f"http://{settings.host}:{settings.notify_port}/health",
+            port=settings.notify_port,
+            startup_timeout_s=timeout,
+        ),
         "prefect-worker": Component(
             name="prefect-worker",
             argv=[python, "-m", "prefect", "worker", "start", "--pool", names.WORK_POOL,
@@ -247,6 +258,31 @@ class _Background:
             self.thread.join(timeout=90)
 
 
+class NotificationRelay:
+    """Prints the subject of each notification the local receiver got since `up` started, so
+    the terminal shows what a person would be told."""
+
+    def __init__(self, file: Path, log: Log):
+        self.file = file
+        self.log = log
+        self.offset = file.stat().st_size if file.exists() else 0
+
+    def poll(self) -> None:
+        import json
+
+        if not self.file.exists():
+            return
+        with self.file.open("rb") as handle:
+            handle.seek(self.offset)
+            lines = handle.readlines()
+        for line in lines:
+            if not line.endswith(b"\n"):
+                break  # being written; read it next time
+            self.offset += len(line)
+            with contextlib.suppress(ValueError):
+                self.log(f"  notification: {json.loads(line).get('subject', '')}")
+
+
 def _claim_initial_revision(revision) -> None:
     """The first training (below) covers the demo's initial data: record its revision as seen,
     so the new-data check does not announce it and start a second training on the same data."""
@@ -314,9 +350,9 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
     code = 0
     try:
         log(f"Starting driftloop (state in {settings.home})")
-        for name in ("prefect-server", "mlflow-server"):
+        for name in ("prefect-server", "mlflow-server", "notify-receiver"):
             supervisor.start(components[name])
-        for name in ("prefect-server", "mlflow-server"):
+        for name in ("prefect-server", "mlflow-server", "notify-receiver"):
             took = supervisor.wait_healthy(components[name], settings.startup_timeout_s)
             log(f"  {name} healthy after {took:.1f}s")
             if stop.is_set():
@@ -328,6 +364,8 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         bootstrap.ensure_default_blocks(settings, log)
         bootstrap.ensure_work_pool()
         bootstrap.ensure_zombie_automation(HEARTBEAT_S)
+        block_id = bootstrap.ensure_notification_block(settings)
+        bootstrap.ensure_notification_automations(block_id, settings.renotify_minutes)
         _recover(janitor, log)
         if with_demo:
             from driftloop.demo.setup import prepare_demo
@@ -383,8 +421,10 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             if watch and supervisor.is_running("prefect-server"):
                 watch.poll()
 
+        relay = NotificationRelay(settings.notifications_file, log)
         background.every(SWEEP_S, sweep_runs)
         background.every(2.0, follow_first_training)
+        background.every(2.0, relay.poll)
         background.start()
         while not stop.wait(1.0):
             supervisor.watch()

@@ -2,7 +2,9 @@
 
 find champion -> load its reference (the newest span of what it was fit on)
   -> resolve its features -> get the feature window (Feast offline store)
-  -> measure drift (Evidently) -> log the report to MLflow -> publish the drift table
+  -> measure drift (Evidently) -> measure prediction drift (the champion's scores)
+  -> log the report to MLflow -> add the check to the version's drift series
+  -> publish the drift table and trend
   -> check for labeled data the champion has not seen (DVC)
   -> announce detected (retrainable or not) / checked
 """
@@ -33,7 +35,9 @@ from tasks.load_champion_reference import (
 )
 from tasks.log_drift_report import log_drift_report
 from tasks.measure_drift import measure_drift
+from tasks.measure_prediction_drift import measure_prediction_drift
 from tasks.publish_drift_summary import publish_drift_summary
+from tasks.record_drift_history import record_drift_history
 from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 
@@ -79,8 +83,13 @@ def monitor_drift(
             reference, current, features, policy, champion,
             (start.isoformat(), end.isoformat()), Path(tmp),
         )  # fmt: skip
+        prediction = measure_prediction_drift(
+            champion, reference, current, features, policy, mlflow_cfg
+        )
+        result = result.model_copy(update={"prediction": prediction})
         logged = log_drift_report(result, report, mlflow_cfg)
-    publish_drift_summary(result, logged)
+    history = record_drift_history(result, mlflow_cfg)
+    publish_drift_summary(result, logged, history)
     labels = check_new_labels(champion, resolve_dataset(dataset_cfg.location()), mlflow_cfg)
-    announce_drift(result, labels)
+    announce_drift(result, labels, logged.get("run_url") or None)
     return result

@@ -45,7 +45,7 @@ from driftloop.ray_runner import DriftloopRayTaskRunner, current_runner, submit_
 from driftloop.search import best_outcome, spec_from_dict
 from driftloop.timewindows import fitted_until
 from flows.model_search import search_models
-from tasks.announce_promotion import announce_promotion
+from tasks.announce_decision import announce_decision
 from tasks.announce_retraining_skipped import announce_retraining_skipped
 from tasks.check_champion_performance import check_champion_performance
 from tasks.cover_older_revisions import cover_older_revisions
@@ -79,8 +79,9 @@ def _skipped(
     retraining a signal asked for, on data already trained, is announced for a person."""
     if plan.existing_version and trigger.reason in names.SIGNAL_REASONS:
         reason = announce_retraining_skipped(
-            plan, trigger, mlflow_cfg.registered_model_name, champion
-        )
+            plan, trigger, mlflow_cfg.registered_model_name, champion,
+            mlflow_cfg.model_version_url(plan.existing_version),
+        )  # fmt: skip
         plan = plan.model_copy(update={"skip": f"{reason}; {plan.skip}"})
     result = TrainingResult(
         outcome="skipped",
@@ -223,7 +224,7 @@ def train(
             decision = decision.model_copy(update={"reason": f"{decision.reason}; {note}"})
         record_decision(decision, run, mlflow_cfg)
         promote_model(decision, mlflow_cfg)
-        announce_promotion(decision, mlflow_cfg)
+        announce_decision(decision, mlflow_cfg)
 
     champion_now = version.version if decision.promote else (champion and champion.version)
     outcome = "Promoted" if decision.promote else "Kept champion"

@@ -11,7 +11,9 @@ from driftloop.contracts import DriftResult, LabelStatus
 from tasks._policy import NO_RETRIES, UNCACHED
 
 
-def drift_payload(result: DriftResult, labels: LabelStatus) -> dict[str, object]:
+def drift_payload(
+    result: DriftResult, labels: LabelStatus, mlflow_url: str | None = None
+) -> dict[str, object]:
     return {
         names.PAYLOAD_DRIFT_SHARE: result.drift_share,
         names.PAYLOAD_DRIFTED_COLUMNS: result.drifted_columns,
@@ -23,11 +25,16 @@ def drift_payload(result: DriftResult, labels: LabelStatus) -> dict[str, object]
         names.PAYLOAD_MD5: labels.md5,
         names.PAYLOAD_NEW_LABELS: labels.new_labels,
         names.PAYLOAD_REASON: labels.reason,
+        names.PAYLOAD_PREDICTION_DRIFT: (
+            result.prediction.model_dump(mode="json") if result.prediction else None
+        ),
+        # The check's MLflow run: its Evidently report and the drift scores.
+        names.PAYLOAD_MLFLOW_URL: mlflow_url,
     }
 
 
 @task(name="announce-drift", cache_policy=UNCACHED, **NO_RETRIES)
-def announce_drift(result: DriftResult, labels: LabelStatus) -> str:
+def announce_drift(result: DriftResult, labels: LabelStatus, mlflow_url: str | None = None) -> str:
     """Emit the verdict. Its resource carries `driftloop.new-labels`: the retraining
     automation fires only on drift the dataset has new labels for. Drift without them is
     announced as `driftloop.retraining.skipped` too, for a person to act on. Prefect relates
@@ -39,7 +46,7 @@ def announce_drift(result: DriftResult, labels: LabelStatus) -> str:
         "prefect.resource.name": result.model_name,
         names.LABEL_NEW_LABELS: str(labels.new_labels).lower(),
     }
-    payload = drift_payload(result, labels)
+    payload = drift_payload(result, labels, mlflow_url)
     event = emit_event(event=event_name, resource=resource, payload=payload)
     if event is None:
         raise RuntimeError(f"Could not emit {event_name} for {result.model_name!r}")

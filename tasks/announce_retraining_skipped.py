@@ -15,7 +15,11 @@ from tasks._policy import NO_RETRIES, UNCACHED
 
 @task(name="announce-retraining-skipped", cache_policy=UNCACHED, **NO_RETRIES)
 def announce_retraining_skipped(
-    plan: TrainingPlan, trigger: TriggerContext, model_name: str, champion: ModelVersionRef | None
+    plan: TrainingPlan,
+    trigger: TriggerContext,
+    model_name: str,
+    champion: ModelVersionRef | None,
+    mlflow_url: str | None = None,
 ) -> str:
     """Emit `driftloop.retraining.skipped`: the signal in `trigger` asked for a retraining,
     but a version was already trained on exactly this data; new labels are needed. Returns
@@ -38,6 +42,8 @@ def announce_retraining_skipped(
             names.PAYLOAD_MD5: plan.dataset.md5,
             "trigger": trigger.reason,
             "existing_version": plan.existing_version,
+            # The version already trained on this data, in MLflow.
+            names.PAYLOAD_MLFLOW_URL: mlflow_url,
         },
     )
     if event is None:

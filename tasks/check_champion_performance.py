@@ -26,26 +26,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def monitoring_run(mlflow: MlflowTracking, model_name: str) -> str:
-    """The id of the model's performance monitoring run, created on first use."""
-    client = mlflow.activate()
-    experiment_id = mlflow.experiment_id()
-    found = client.search_runs(
-        [experiment_id],
-        f"tags.`{names.TAG_MONITOR}` = '{names.MONITOR_PERFORMANCE}' and "
-        f"tags.`{names.TAG_MODEL_NAME}` = '{model_name}'",
-        max_results=1,
-    )
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=f"performance-{model_name}",
-        tags={names.TAG_MONITOR: names.MONITOR_PERFORMANCE, names.TAG_MODEL_NAME: model_name},
-    )
-    return run.info.run_id
-
-
 @task(
     name="check-champion-performance",
     # Once per champion and data: a resumed run does not add a second point to the series.
@@ -86,7 +66,7 @@ def check_champion_performance(
     baseline = client.get_run(champion.run_id).data.metrics.get(metric) if champion.run_id else None
     degraded = degradation_reason(metric, score, baseline, policy.floor, policy.max_degradation)
 
-    run_id = monitoring_run(mlflow, champion.name)
+    run_id = mlflow.monitoring_run(names.MONITOR_PERFORMANCE, champion.name)
     step = len(client.get_metric_history(run_id, f"live_{metric}"))
     client.log_metric(run_id, f"live_{metric}", score, step=step)
     client.log_metric(run_id, "live_rows", len(new_rows), step=step)
@@ -102,7 +82,12 @@ def check_champion_performance(
             "prefect.resource.id": names.model_resource_id(champion.name),
             "prefect.resource.name": champion.name,
         },
-        payload={**check.model_dump(mode="json"), names.PAYLOAD_REV: dataset.commit},
+        payload={
+            **check.model_dump(mode="json"),
+            names.PAYLOAD_REV: dataset.commit,
+            # The monitoring run: its chart of the champion's score, one point per batch.
+            names.PAYLOAD_MLFLOW_URL: mlflow.run_url(mlflow.experiment_id(), run_id),
+        },
     )
     if event is None:
         raise RuntimeError("Could not emit the performance event")

@@ -39,10 +39,13 @@ def log_drift_report(result: DriftResult, report: Path, mlflow: MlflowTracking) 
              "drift_share_threshold": result.drift_share_threshold,
              "reference_rows": result.reference_rows, "current_rows": result.current_rows}
         )  # fmt: skip
-        mlflow_lib.log_metrics(
-            {"drift_share": result.drift_share,
-             **{f"drift_score.{c.column}": c.score for c in result.columns}}
-        )  # fmt: skip
+        metrics = {"drift_share": result.drift_share,
+                   **{f"drift_score.{c.column}": c.score for c in result.columns}}  # fmt: skip
+        if result.prediction is not None:
+            metrics["prediction_drift_score"] = result.prediction.score
+            metrics["prediction_mean.reference"] = result.prediction.reference_mean
+            metrics["prediction_mean.current"] = result.prediction.current_mean
+        mlflow_lib.log_metrics(metrics)
         mlflow_lib.log_artifact(str(report), str(Path(names.DRIFT_REPORT_ARTIFACT).parent))
     run_url = mlflow.run_url(experiment_id, run.info.run_id)
     report_url = f"{run_url}/artifacts/{names.DRIFT_REPORT_ARTIFACT}" if run_url else ""

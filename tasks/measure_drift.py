@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def _column_results(snapshot) -> tuple[float, list[ColumnDrift]]:
+def column_results(snapshot) -> tuple[float, list[ColumnDrift]]:
     """Per-column scores and verdicts from an Evidently 0.7 snapshot (metrics + tests)."""
     data = snapshot.dict()
     share = 0.0
@@ -45,6 +45,29 @@ def _column_results(snapshot) -> tuple[float, list[ColumnDrift]]:
     return share, sorted(columns, key=lambda c: (not c.drifted, c.column))
 
 
+def run_drift_preset(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    preset_kwargs: dict,
+):
+    """Evidently's data drift preset with its tests over these columns: (drift share, the
+    verdict per column, the snapshot)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    columns = [*numeric, *categorical]
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    report = Report([DataDriftPreset(columns=columns, **preset_kwargs)], include_tests=True)
+    snapshot = report.run(
+        Dataset.from_pandas(current[columns], data_definition=definition),
+        Dataset.from_pandas(reference[columns], data_definition=definition),
+    )
+    share, results = column_results(snapshot)
+    return share, results, snapshot
+
+
 @task(name="measure-drift", cache_policy=UNCACHED, **NO_RETRIES)
 def measure_drift(
     reference: pd.DataFrame,
@@ -57,9 +80,6 @@ def measure_drift(
 ) -> tuple[DriftResult, Path]:
     """Run the data drift preset over the champion's features; return the verdict per
     column and overall, and the path of the HTML report."""
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
     names = features.names
     problems = [
         DataProblem(column=c, problem=f"missing from the {side}", count=len(frame))
@@ -71,13 +91,9 @@ def measure_drift(
         raise DataValidationError("Drift check inputs", problems)
     numeric = [c.name for c in features.columns if c.kind == "numeric"]
     categorical = [c.name for c in features.columns if c.kind != "numeric"]
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    report = Report([DataDriftPreset(columns=names, **policy.preset_kwargs())], include_tests=True)
-    snapshot = report.run(
-        Dataset.from_pandas(current[names], data_definition=definition),
-        Dataset.from_pandas(reference[names], data_definition=definition),
+    share, columns, snapshot = run_drift_preset(
+        reference, current, numeric, categorical, policy.preset_kwargs()
     )
-    share, columns = _column_results(snapshot)
     if len(columns) != len(names):
         missing = sorted(set(names) - {c.column for c in columns})
         raise RuntimeError(f"Evidently returned no drift test for columns {missing}")

@@ -52,7 +52,7 @@ def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowT
     """Tag the model version and run with the decision; publish the comparison artifact.
 
     A promotion is recorded as "promoting" before the champion alias moves, and becomes
-    "promoted" once it is announced (announce-promotion)."""
+    "promoted" once it is announced (announce-decision)."""
     client = mlflow.activate()
     outcome = names.DECISION_PROMOTING if decision.promote else names.DECISION_REJECTED
     tags = {

@@ -102,6 +102,7 @@ def make_env(root: Path) -> dict[str, str]:
             "DRIFTLOOP_FEATURE_REPO": str(root / "feature_repo"),
             "DRIFTLOOP_PREFECT_PORT": str(free_port()),
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
+            "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
         }
     )
     return env
@@ -140,13 +141,14 @@ class Stack:
 
     # --- the APIs ---------------------------------------------------------------------------
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
+        # Prefect's own HTTP client, as the UI's and the workers' calls go: it retries 503
+        # ("database is locked" on the SQLite server), 502 and 429 with backoff and raises on
+        # any other error. A fresh one per call, so a stopped server fails fast.
+        from prefect.client.base import PrefectHttpxSyncClient
 
-        response = httpx.request(
-            method, f"{self.prefect_url}/api{path}", timeout=API_TIMEOUT_S, **kwargs
-        )
-        response.raise_for_status()
-        return response.json()
+        with PrefectHttpxSyncClient(base_url=f"{self.prefect_url}/api", timeout=API_TIMEOUT_S) as c:
+            response = c.request(method, path, **kwargs)
+            return response.json() if response.content else None
 
     def mlflow(self):
         from mlflow import MlflowClient
@@ -254,6 +256,15 @@ class Stack:
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
         return list(reversed(out.split()))
+
+    def notifications(self) -> list[dict]:
+        """What the local receiver got (what a person would have been told), oldest first."""
+        import json
+
+        file = self.home / "logs" / "notifications.jsonl"
+        if not file.exists():
+            return []
+        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
     def component_pid(self, name: str) -> int:
         return int((self.home / "run" / f"{name}.pid").read_text().split()[0])

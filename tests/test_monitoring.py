@@ -68,8 +68,12 @@ def test_no_drift_on_data_like_the_training_data(world):
     (event,) = events(names.EVENT_DRIFT_CHECKED, resource)
     assert set(event.payload) == {
         "drift_share", "drifted_columns", "champion_version", "window_start", "window_end",
-        "rev", "md5", "new_labels", "reason",
+        "rev", "md5", "new_labels", "reason", "mlflow_url", "prediction_drift",
     }  # fmt: skip
+    # The champion's own scores on the window against its reference, reported beside.
+    prediction = event.payload["prediction_drift"]
+    assert prediction["score"] == pytest.approx(result.prediction.score)
+    assert 0 < prediction["reference_mean"] < 1 and 0 < prediction["current_mean"] < 1
     assert event.payload["champion_version"] == "1"
     # The champion was trained on the newest revision: nothing new to learn from.
     assert event.payload["rev"] == demo.registry.head()
@@ -82,11 +86,17 @@ def test_no_drift_on_data_like_the_training_data(world):
 
     (artifact,) = artifacts_of(flow_run_id)
     assert artifact.key == names.ARTIFACT_DRIFT and "| monthly_charges |" in artifact.data
+    assert "Prediction drift: " in artifact.data
+    assert "### Trend: drift share at the last 1 check(s) of v1" in artifact.data
     runs = mlflow.client().search_runs(
         [mlflow.block.experiment_id()], f"tags.`{names.TAG_DRIFT_CHAMPION_VERSION}` = '1'"
     )
-    (run,) = runs
+    (run,) = [r for r in runs if not r.data.tags.get(names.TAG_MONITOR)]
     assert run.data.metrics["drift_share"] == pytest.approx(result.drift_share)
+    assert event.payload["mlflow_url"] == mlflow.block.run_url(
+        run.info.experiment_id, run.info.run_id
+    )
+    assert "prediction_drift_score" in run.data.metrics
     report = mlflow.client().download_artifacts(run.info.run_id, names.DRIFT_REPORT_ARTIFACT)
     with open(report) as html:
         assert "<html" in html.read(2000).lower()
@@ -218,6 +228,14 @@ def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
     assert event.payload["rev"] == revision.commit == demo.registry.head()
     assert event.payload["new_labels"] is True
     assert event.resource[names.LABEL_NEW_LABELS] == "true"
+    # Each check is a point in the champion version's drift series; the artifact shows them.
+    history_run = mlflow.block.monitoring_run(names.MONITOR_DRIFT, mlflow.model_name, "1")
+    series = mlflow.client().get_metric_history(history_run, "drift_share")
+    assert len(series) >= 2 and sorted(series, key=lambda m: m.step)[-1].value == pytest.approx(
+        result.drift_share
+    )
+    (artifact,) = artifacts_of(state.state_details.flow_run_id)
+    assert f"at the last {len(series)} check(s) of v1" in artifact.data
 
 
 def test_editing_the_policy_block_changes_the_next_run(world):

@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import pytest
 
@@ -230,6 +229,12 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
     time.sleep(10)  # what an automation would have started by now
     assert trainings() == before_runs
     assert len(versions()) == before_versions
+    # A person is told once (the automation holds repeats back for the re-notify interval),
+    # with the reason and links to the check's Prefect run and MLflow run.
+    told = [n for n in stack.notifications() if "skipped, new labels needed" in n["subject"]]
+    assert len(told) == 1, stack.notifications()
+    assert told[0]["body"].startswith("no labeled data newer than champion v2"), told
+    assert "/runs/flow-run/" in told[0]["body"] and "MLflow: http" in told[0]["body"], told
 
     # 3. Concept drift: the same features, another relation to churn.
     since = now_iso()
@@ -246,6 +251,22 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
     assert run["state"]["message"].startswith(("Promoted: ", "Kept champion: ")), run["state"]
     history = client.get_metric_history(degraded["payload"]["monitoring_run_id"], "live_roc_auc")
     assert [round(m.value, 6) for m in history][-1] == round(degraded["payload"]["score"], 6)
+    # Told: the degradation, and the outcome (with the version's MLflow page).
+    deadline = time.monotonic() + 30
+    while True:
+        subjects = [n["subject"] for n in stack.notifications()]
+        outcome = [s for s in subjects if f"churn-model v{version.version} " in s]
+        if (outcome and "driftloop: churn-model v2 degraded" in subjects) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(1)
+    assert subjects.count("driftloop: churn-model v2 degraded") == 1, subjects
+    assert outcome == [
+        f"driftloop: churn-model v{version.version} is the champion"
+        if version.tags[names.TAG_DECISION] == names.DECISION_PROMOTED
+        else f"driftloop: churn-model v{version.version} rejected, champion v2 kept"
+    ], subjects
 
     fingerprints = [v.tags.get(names.TAG_TRAINING_FINGERPRINT) for v in versions()]
     assert len(fingerprints) == len(set(fingerprints)), fingerprints
@@ -291,7 +312,7 @@ def test_a_storm_then_ctrl_c_then_up_loses_no_revision(stack: Stack):
         for i in range(50)
     ]  # fmt: skip
     # 50 separate events (each its own id), delivered together as a busy event bus would.
-    httpx.post(f"{stack.prefect_url}/api/events", json=alerts, timeout=120).raise_for_status()
+    stack.api("POST", "/events", json=alerts)
     stack.add_batch("--rows", "600", "--seed", "100", "--count", "5")
     revisions = stack.commits(5)
 

@@ -15,7 +15,7 @@ from driftloop.params import (
     SplitPolicy,
     TriggerContext,
 )
-from tasks.announce_promotion import announce_promotion
+from tasks.announce_decision import announce_decision
 from tasks.decide_promotion import decide_promotion
 from tasks.evaluate_champion import evaluate_champion, get_champion
 from tasks.evaluate_model import evaluate_model
@@ -54,10 +54,10 @@ def trained(demo):
     return dataset, features, train, holdout, model, metrics
 
 
-def log(trained, mlflow):
+def log(trained, mlflow, random_state: int = 0):
     dataset, features, train, _, model, metrics = trained
     return log_to_mlflow(
-        model, train, mlflow.block, dataset, features, SCHEMA, SPEC, 0, SPLIT, metrics,
+        model, train, mlflow.block, dataset, features, SCHEMA, SPEC, random_state, SPLIT, metrics,
         TriggerContext(reason="unit test", drifted_columns=["plan"]),
     )  # fmt: skip
 
@@ -112,12 +112,28 @@ def test_gate_promote_record_and_announce(trained, tmp_path):
     assert names.ARTIFACT_PROMOTION in keys
     assert promote_model(decision, mlflow.block) is None  # there was no previous champion
     assert mlflow.champion() == "1"
-    event_id = announce_promotion(decision, mlflow.block)
+    event_id = announce_decision(decision, mlflow.block)
     assert decision_tag() == names.DECISION_PROMOTED
     found = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow.model_name))
     assert [str(e.id) for e in found] == [event_id]
     assert found[0].payload["version"] == "1"
     assert set(found[0].payload["metrics"]) >= {"roc_auc", "f1", "accuracy", "log_loss"}
+    assert found[0].payload["reason"] == decision.reason
+
+    # A challenger the gate turns down is announced as rejected, with the reason; the
+    # champion and its tags stay as they are.
+    second = register_model_version(log(trained, mlflow, random_state=1), mlflow.block, {})
+    champion_eval = evaluate_champion(get_champion(mlflow.block), trained[3], trained[1], SCHEMA,
+                                      mlflow.block)  # fmt: skip
+    rejected = decide_promotion(second, trained[5], champion_eval, PromotionPolicy(floor=0.99))
+    assert not rejected.promote
+    rejected_id = announce_decision(rejected, mlflow.block)
+    (rejection,) = events(names.EVENT_MODEL_REJECTED, names.model_resource_id(mlflow.model_name))
+    assert str(rejection.id) == rejected_id
+    assert rejection.payload["version"] == second.version
+    assert rejection.payload["previous_version"] == "1"
+    assert rejection.payload["reason"] == rejected.reason
+    assert mlflow.champion() == "1"
 
 
 def test_stale_comparison_is_refused(trained, tmp_path):

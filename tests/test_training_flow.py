@@ -200,7 +200,7 @@ def test_failure_after_promotion_rolls_the_registry_back(demo, mlflow_setup, mon
     weak, _ = run(demo, mlflow_setup, rev=rev, model=WEAK, gate=gate)
     assert weak.result().promoted
 
-    import tasks.announce_promotion as announce_module
+    import tasks.announce_decision as announce_module
 
     def broken_emit(**kwargs):
         raise RuntimeError("event bus unavailable")

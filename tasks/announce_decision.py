@@ -1,4 +1,5 @@
-"""Step 10: announce a promotion as a Prefect event, once, and mark it done."""
+"""Step 10: announce the gate's decision as a Prefect event, once: a promotion (and mark it
+done) or a rejection."""
 
 from __future__ import annotations
 
@@ -13,19 +14,23 @@ from driftloop.events import confirm_event
 from tasks._policy import IN_TRANSACTION, UNCACHED
 
 
-def promotion_payload(decision: PromotionDecision) -> dict[str, object]:
+def decision_payload(decision: PromotionDecision) -> dict[str, object]:
     return {
         "version": decision.challenger.version,
         "previous_version": decision.champion.version if decision.champion else None,
         "metrics": {
             k: v for k, v in decision.challenger_metrics.as_dict().items() if k != "n_rows"
         },
+        names.PAYLOAD_REASON: decision.reason,
+        names.PAYLOAD_MLFLOW_URL: decision.challenger.url,
     }
 
 
-def find_promotion_event(model_name: str, version: str, flow_run_id: str) -> str | None:
-    """The id of a `driftloop.model.promoted` event for this version that this flow run
-    emitted already (in an attempt that was interrupted before it finished)."""
+def find_decision_event(
+    event_name: str, model_name: str, version: str, flow_run_id: str
+) -> str | None:
+    """The id of an `event_name` event for this version that this flow run emitted already
+    (in an attempt that was interrupted before it finished)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import (
         EventFilter,
@@ -35,7 +40,7 @@ def find_promotion_event(model_name: str, version: str, flow_run_id: str) -> str
     )
 
     event_filter = EventFilter(
-        event=EventNameFilter(name=[names.EVENT_MODEL_PROMOTED]),
+        event=EventNameFilter(name=[event_name]),
         resource=EventResourceFilter(id=[names.model_resource_id(model_name)]),
         related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
     )
@@ -47,38 +52,39 @@ def find_promotion_event(model_name: str, version: str, flow_run_id: str) -> str
     return None
 
 
-@task(name="announce-promotion", cache_policy=UNCACHED, **IN_TRANSACTION)
-def announce_promotion(decision: PromotionDecision, mlflow: MlflowTracking) -> str | None:
-    """Emit `driftloop.model.promoted` for the model (automations start scoring from it),
-    wait until the server stored it, then record the decision as "promoted".
+@task(name="announce-decision", cache_policy=UNCACHED, **IN_TRANSACTION)
+def announce_decision(decision: PromotionDecision, mlflow: MlflowTracking) -> str:
+    """Emit `driftloop.model.promoted` (automations start scoring from it, and notify) or
+    `driftloop.model.rejected` (a person is told why), wait until the server stored it; a
+    promotion is then recorded as "promoted". Returns the event's id.
 
     Idempotent: a run that resumes an interrupted promotion does not emit a second event for
     the same version. Prefect attaches the emitting flow and task runs as related resources.
     """
-    if not decision.promote:
-        return None
     name, version = decision.challenger.name, decision.challenger.version
+    event_name = names.EVENT_MODEL_PROMOTED if decision.promote else names.EVENT_MODEL_REJECTED
     logger = get_run_logger()
     flow_run_id = runtime_flow_run.get_id()
-    event_id = find_promotion_event(name, version, flow_run_id) if flow_run_id else None
+    event_id = find_decision_event(event_name, name, version, flow_run_id) if flow_run_id else None
     if event_id is None:
         event = emit_event(
-            event=names.EVENT_MODEL_PROMOTED,
+            event=event_name,
             resource={
                 "prefect.resource.id": names.model_resource_id(name),
                 "prefect.resource.name": name,
             },
-            payload=promotion_payload(decision),
+            payload=decision_payload(decision),
         )
         if event is None:
-            raise RuntimeError(f"Could not emit {names.EVENT_MODEL_PROMOTED} for {name!r}")
+            raise RuntimeError(f"Could not emit {event_name} for {name!r}")
         confirm_event(event.id)
         event_id = str(event.id)
-        logger.info("Emitted %s for %r v%s", names.EVENT_MODEL_PROMOTED, name, version)
+        logger.info("Emitted %s for %r v%s", event_name, name, version)
     else:
         logger.info("%r v%s was announced already (event %s)", name, version, event_id)
-    client = mlflow.activate()
-    client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_PROMOTED)
-    if decision.challenger.run_id:
-        client.set_tag(decision.challenger.run_id, names.TAG_DECISION, names.DECISION_PROMOTED)
+    if decision.promote:
+        client = mlflow.activate()
+        client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_PROMOTED)
+        if decision.challenger.run_id:
+            client.set_tag(decision.challenger.run_id, names.TAG_DECISION, names.DECISION_PROMOTED)
     return event_id
