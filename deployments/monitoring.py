@@ -13,6 +13,17 @@ MONITOR_CHURN_DRIFT = DeploymentSpec(
         "features (Evidently); emit driftloop.drift.detected or driftloop.drift.checked."
     ),
     schedules=(Schedule(cron="0 * * * *", slug="hourly-drift-check"),),
+    triggers=(
+        EventTrigger(
+            name="check-after-promotion",
+            description=(
+                "A new churn champion: check its drift at once. The loop has settled when "
+                "this check reports driftloop.drift.checked."
+            ),
+            event=names.EVENT_MODEL_PROMOTED,
+            resource_id=names.model_resource_id(demo.DEMO_MODEL_NAME),
+        ),
+    ),
     concurrency_limit=1,
     collision_strategy="CANCEL_NEW",
     tags=("driftloop", "monitoring"),

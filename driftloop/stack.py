@@ -80,6 +80,13 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     return env
 
 
+def ray_state_dirs(settings: DriftloopSettings) -> tuple[str, ...]:
+    """Where the flow runs' local Ray keeps its session files (and the short link to it)."""
+    from driftloop.ray_runner import ray_temp_path
+
+    return (str(settings.ray_dir), str(ray_temp_path(settings.ray_dir)))
+
+
 def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, Component]:
     python = sys.executable
     logs = settings.logs_dir
@@ -444,14 +451,18 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         log("Stopping driftloop...")
         background.stop()
-        _shutdown(supervisor, components, janitor, log)
+        _shutdown(supervisor, components, janitor, log, ray_state_dirs(settings))
         signal.signal(signal.SIGINT, previous_handlers[signal.SIGINT])
         log("Stopped.")
     return code
 
 
 def _shutdown(
-    supervisor: Supervisor, components: dict[str, Component], janitor: RunJanitor, log: Log
+    supervisor: Supervisor,
+    components: dict[str, Component],
+    janitor: RunJanitor,
+    log: Log,
+    state_dirs: tuple[str, ...] = (),
 ) -> None:
     """Worker first, so no new run starts; then record the runs it had in flight as Crashed
     ("service stopped") while the server is still up; then everything else."""
@@ -470,11 +481,13 @@ def _shutdown(
         from prefect.events.worker import EventsWorker
 
         EventsWorker.drain_all(timeout=5)
-    supervisor.stop_all()
+    supervisor.stop_all(state_dirs=state_dirs)
 
 
 def down(settings: DriftloopSettings, log: Log = print) -> int:
     """Stop processes a previous `up` left running (e.g. after it was killed)."""
-    stopped = stop_from_pid_files(settings.run_dir, settings.home, log)
+    stopped = stop_from_pid_files(
+        settings.run_dir, settings.home, log, state_dirs=ray_state_dirs(settings)
+    )
     log(f"Stopped {stopped} process group(s)." if stopped else "Nothing was running.")
     return 0

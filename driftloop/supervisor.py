@@ -394,14 +394,16 @@ class Supervisor:
         component.status = Status.STOPPED
         (self.run_dir / f"{component.name}.pid").unlink(missing_ok=True)
 
-    def stop_all(self, timeout_s: float = 20.0) -> None:
+    def stop_all(self, timeout_s: float = 20.0, state_dirs: tuple[str, ...] = ()) -> None:
         """Stop the components in reverse start order, then anything else the service
-        started (flow-run processes, their Ray workers)."""
+        started (flow-run processes, their Ray workers), then any process still holding a file
+        under `state_dirs` (see `processes_using`)."""
         for component in reversed(self.components):
             if component.status is not Status.STOPPED:
                 self.stop(component, timeout_s)
         self.components.clear()
         stop_service_processes(self.service_id, self.log)
+        stop_processes_using(state_dirs, self.log)
         (self.run_dir / SERVICE_ID_FILE).unlink(missing_ok=True)
 
 
@@ -458,7 +460,38 @@ def belongs_to(sid: int, home: Path) -> bool:
 STOP_ORDER = ("prefect-worker", "mlflow-server", "prefect-server")
 
 
-def stop_from_pid_files(run_dir: Path, home: Path, log: Log = print) -> int:
+def processes_using(dirs: tuple[str, ...]) -> list[int]:
+    """PIDs of processes that hold a file open under one of `dirs`.
+
+    The last resort for Ray's helpers (e.g. its dashboard agent): they rewrite their command
+    line over their environment, and one whose flow run was stopped while Ray was starting
+    can end up outside every session the service knows; it still holds its log files in the
+    Ray temp dir under the state folder."""
+    if not dirs:
+        return []
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and any(
+                f.path.startswith(dirs) for f in process.open_files()
+            ):
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def stop_processes_using(dirs: tuple[str, ...], log: Log) -> None:
+    if processes_using(dirs):
+        stop_processes(
+            lambda: processes_using(dirs), term_signals=1, timeout_s=10.0,
+            name="processes left in the state folder", log=log,
+        )  # fmt: skip
+
+
+def stop_from_pid_files(
+    run_dir: Path, home: Path, log: Log = print, state_dirs: tuple[str, ...] = ()
+) -> int:
     """Stop whatever a previous supervisor left running (``driftloop down``)."""
     stopped = 0
     order = {name: i for i, name in enumerate(STOP_ORDER)}
@@ -474,4 +507,5 @@ def stop_from_pid_files(run_dir: Path, home: Path, log: Log = print) -> int:
     if id_file.exists():
         stopped += stop_service_processes(id_file.read_text().strip(), log)
         id_file.unlink(missing_ok=True)
+    stop_processes_using(state_dirs, log)
     return stopped

@@ -55,6 +55,9 @@ def test_schedules_triggers_and_limits_are_declared():
     assert drift["drifted_columns"] == "{{ event.payload.drifted_columns }}"
     (scoring,) = by_name["score-churn-batch"]["triggers"]
     assert scoring["expect"] == [names.EVENT_MODEL_PROMOTED]
+    # A new champion's drift is checked at once: that check is where the loop settles.
+    (check,) = by_name["monitor-churn-drift"]["triggers"]
+    assert check["expect"] == [names.EVENT_MODEL_PROMOTED]
 
 
 def test_trigger_templates_render_to_valid_flow_parameters():

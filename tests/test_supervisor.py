@@ -168,3 +168,27 @@ def test_down_stops_what_a_killed_supervisor_left(tmp_path):
     assert service_processes("svc-down") == []
     assert not session_alive(leader)
     assert list(run_dir.glob("*.pid")) == []
+
+
+def test_a_process_known_only_by_its_files_in_the_state_folder_is_stopped(tmp_path):
+    """Ray's helpers rewrite their environment and may sit in a session nobody knows; the
+    last sweep finds them by the files they hold open under the state folder's Ray dir."""
+    from driftloop.supervisor import processes_using, stop_processes_using
+
+    ray_dir = tmp_path / "ray"
+    ray_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         f"import time; f = open({str(ray_dir / 'agent.log')!r}, 'w'); print('ready', flush=True);"
+         " time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True, env={},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        assert processes_using((str(ray_dir),)) == [holder.pid]
+        assert processes_using((str(tmp_path / "elsewhere"),)) == []
+        stop_processes_using((str(ray_dir),), log=lambda _: None)
+        holder.wait(timeout=5)
+        assert processes_using((str(ray_dir),)) == []
+    finally:
+        holder.kill()
