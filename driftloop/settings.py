@@ -16,8 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Every process driftloop starts runs with these. Values come from ../shared/STACK.md: with them
-# no component opens a connection outside loopback. MLflow accepts only the literal "true".
+# Every process driftloop starts runs with these: each tool's own telemetry switch (README,
+# "Telemetry"). With them no component opens a connection outside loopback. MLflow accepts
+# only the literal "true".
 TELEMETRY_OFF: dict[str, str] = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
