@@ -482,11 +482,11 @@ def processes_using(dirs: tuple[str, ...]) -> list[int]:
 
 
 def stop_processes_using(dirs: tuple[str, ...], log: Log) -> None:
-    if processes_using(dirs):
-        stop_processes(
-            lambda: processes_using(dirs), term_signals=1, timeout_s=10.0,
-            name="processes left in the state folder", log=log,
-        )  # fmt: skip
+    # stop_processes looks first and returns if nothing is there: one scan when all is clean.
+    stop_processes(
+        lambda: processes_using(dirs), term_signals=1, timeout_s=10.0,
+        name="processes left in the state folder", log=log,
+    )  # fmt: skip
 
 
 def stop_from_pid_files(

@@ -27,19 +27,19 @@ def record_drift_history(result: DriftResult, mlflow: MlflowTracking) -> list[Dr
     """
     client = mlflow.activate()
     run_id = mlflow.monitoring_run(names.MONITOR_DRIFT, result.model_name, result.champion_version)
-    step = len(client.get_metric_history(run_id, "drift_share"))
+    earlier = sorted(client.get_metric_history(run_id, "drift_share"), key=lambda m: m.step)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     metrics = {"drift_share": result.drift_share}
     metrics.update({f"drift_score.{c.column}": c.score for c in result.columns if c.drifted})
     if result.prediction is not None:
         metrics["prediction_drift_score"] = result.prediction.score
     for key, value in metrics.items():
-        client.log_metric(run_id, key, value, step=step)
-    history = client.get_metric_history(run_id, "drift_share")
-    points = sorted(history, key=lambda m: m.step)[-TREND_POINTS:]
+        client.log_metric(run_id, key, value, timestamp=now_ms, step=len(earlier))
+    series = [(m.timestamp, m.value) for m in earlier] + [(now_ms, result.drift_share)]
     return [
         DriftTrendPoint(
-            at=datetime.fromtimestamp(m.timestamp / 1000, UTC).isoformat(timespec="seconds"),
-            drift_share=m.value,
+            at=datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds"),
+            drift_share=share,
         )
-        for m in points
+        for ms, share in series[-TREND_POINTS:]
     ]
