@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
 
 
 def free_port() -> int:
@@ -50,7 +50,7 @@ def configure(prefix: str) -> Path:
 
 class PrefectServer:
     def __init__(self, root: Path):
-        from driftloop.supervisor import Component, Supervisor
+        from driftloop.app.supervisor import Component, Supervisor
 
         port = int(os.environ["DRIFTLOOP_BENCH_PREFECT_PORT"])
         state = root / ".driftloop"

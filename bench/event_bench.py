@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._harness import free_port, table
-from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
 
 SCORING = "score-churn-batch"
 MODEL = "churn-model"
@@ -71,7 +71,7 @@ class Stack:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.cli", "up"], env=self.env, cwd=PROJECT_ROOT,
+            [sys.executable, "-m", "driftloop.app.cli", "up"], env=self.env, cwd=PROJECT_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         threading.Thread(target=self._read, daemon=True).start()
@@ -180,7 +180,7 @@ def measure_drift_to_settled(stack: Stack) -> dict[str, float]:
     before = client.get_model_version_by_alias(MODEL, "champion").version
     started = time.time()
     subprocess.run(
-        [sys.executable, "-m", "driftloop.cli", "add-batch", "--drift"], env=stack.env,
+        [sys.executable, "-m", "driftloop.app.cli", "add-batch", "--drift"], env=stack.env,
         cwd=PROJECT_ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 900

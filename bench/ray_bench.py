@@ -39,8 +39,8 @@ def trial_inputs(rows: int):
     """A churn training frame and the typed columns a trial needs (no Feast, no DVC)."""
     import pandas as pd
 
-    from driftloop.contracts import FeatureColumn, ResolvedFeatures, TableSchema
-    from driftloop.demo.churn import ACTIVITY_COLUMNS, PROFILE_COLUMNS, generate_batch
+    from driftloop.app.demo.churn import ACTIVITY_COLUMNS, PROFILE_COLUMNS, generate_batch
+    from driftloop.core.contracts import FeatureColumn, ResolvedFeatures, TableSchema
 
     start = datetime(2026, 1, 1, tzinfo=UTC)
     batch = generate_batch(batch=0, rows=rows, start=start, end=start + timedelta(days=28))
@@ -81,8 +81,8 @@ def main() -> int:
     from prefect_ray.context import remote_options
     from threadpoolctl import threadpool_limits
 
-    from driftloop.params import RandomForestSpec
-    from driftloop.ray_runner import DriftloopRayTaskRunner
+    from driftloop.core.params import RandomForestSpec
+    from flows.task_runners import DriftloopRayTaskRunner
     from tasks.evaluate_trial import evaluate_trial, fit_and_score
     from tests.helpers import RayNodes
 
@@ -105,7 +105,7 @@ def main() -> int:
     def trials_on_ray(seed: int) -> list[float]:
         """The search's way: data shared once, one task per trial. Distinct seeds per run, so
         every trial really fits (no cache hits). Returns each trial's in-task fit time."""
-        from driftloop.ray_runner import current_runner
+        from flows.task_runners import current_runner
 
         data = current_runner().share(frame)
         with remote_options(num_cpus=1):

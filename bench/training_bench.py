@@ -40,16 +40,16 @@ def plain_training(
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from driftloop.contracts import FeatureColumn, ResolvedFeatures, TableSchema
-    from driftloop.modeling import (
+    from driftloop.core.contracts import FeatureColumn, ResolvedFeatures, TableSchema
+    from driftloop.core.modeling import (
         SKOPS_TRUSTED_TYPES,
         build_pipeline,
         feature_matrix,
         score_probabilities,
     )
-    from driftloop.params import SearchPolicy
-    from driftloop.search import create_study, suggest_spec
-    from driftloop.validation import check_training_frame
+    from driftloop.core.params import SearchPolicy
+    from driftloop.core.search import create_study, suggest_spec
+    from driftloop.core.validation import check_training_frame
     from tasks.evaluate_trial import fit_and_score
     from tasks.log_to_mlflow import model_requirements
 
@@ -134,11 +134,11 @@ def main() -> int:
     import sklearn.ensemble  # noqa: F401
 
     from blocks import DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
-    from driftloop.bootstrap import register_block_types
-    from driftloop.demo import DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
-    from driftloop.demo.setup import DemoConfig, prepare_demo
-    from driftloop.params import FeatureSelection
-    from driftloop.settings import get_settings
+    from driftloop.app.bootstrap import register_block_types
+    from driftloop.app.demo import DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
+    from driftloop.app.demo.setup import DemoConfig, prepare_demo
+    from driftloop.core.params import FeatureSelection
+    from driftloop.core.settings import get_settings
     from flows.training import train
 
     batches = 4

@@ -7,7 +7,7 @@ from typing import TypeVar
 from prefect.blocks.core import Block
 from pydantic import ValidationError
 
-from driftloop.errors import BlockConfigurationError
+from driftloop.core.errors import BlockConfigurationError
 
 B = TypeVar("B", bound="DriftloopBlock")
 

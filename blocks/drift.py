@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from blocks._base import DriftloopBlock
-from driftloop.errors import BlockConfigurationError
+from driftloop.core.errors import BlockConfigurationError
 
 # Evidently's stattests by the column types they accept (evidently 0.7 registry).
 NumericMethod = Literal[

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from blocks._base import DriftloopBlock
-from driftloop.contracts import DatasetLocation, TableSchema
+from driftloop.core.contracts import DatasetLocation, TableSchema
 
 
 class DvcDataset(DriftloopBlock):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import Field
 
 from blocks._base import DriftloopBlock
-from driftloop.errors import BlockConfigurationError
+from driftloop.core.errors import BlockConfigurationError
 
 if TYPE_CHECKING:
     from feast import FeatureStore

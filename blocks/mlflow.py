@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import Field, SecretStr
 
 from blocks._base import DriftloopBlock
-from driftloop.errors import BlockConfigurationError
+from driftloop.core.errors import BlockConfigurationError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -98,7 +98,7 @@ class MlflowTracking(DriftloopBlock):
         """The id of the run that holds a model's (or one version's) `kind` of monitoring
         series, created on first use: its metrics have one step per check, so the MLflow UI
         charts them."""
-        from driftloop import names
+        from driftloop.core import names
 
         client = self.activate()
         experiment_id = self.experiment_id()

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, SecretStr
 
 from blocks._base import DriftloopBlock
-from driftloop.errors import BlockConfigurationError
+from driftloop.core.errors import BlockConfigurationError
 
 
 class RayCluster(DriftloopBlock):

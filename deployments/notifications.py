@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from driftloop import names
+from driftloop.core import names
 
 if TYPE_CHECKING:
     from prefect.automations import Automation

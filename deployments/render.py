@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from deployments import DEPLOYMENTS
-from driftloop.settings import PROJECT_ROOT
+from driftloop.core.settings import PROJECT_ROOT
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 

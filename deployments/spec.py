@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from driftloop import names
+from driftloop.core import names
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class DeploymentSpec:
         import ast
         from pathlib import Path
 
-        from driftloop.settings import PROJECT_ROOT
+        from driftloop.core.settings import PROJECT_ROOT
 
         module, function = self.entrypoint.rsplit(".", 1)
         tree = ast.parse((PROJECT_ROOT / Path(*module.split("."))).with_suffix(".py").read_text())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from deployments.spec import DeploymentSpec, EventTrigger, Schedule
-from driftloop import demo, names
+from driftloop.app import demo
+from driftloop.core import names
 
 TRAIN_CHURN_MODEL = DeploymentSpec(
     name="train-churn-model",

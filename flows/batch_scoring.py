@@ -14,11 +14,11 @@ from prefect import flow
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import ScoringResult
-from driftloop.params import FeatureSelection, ScoringBatch
-from driftloop.ray_runner import DriftloopRayTaskRunner
-from driftloop.settings import get_settings
+from driftloop.core import names
+from driftloop.core.contracts import ScoringResult
+from driftloop.core.params import FeatureSelection, ScoringBatch
+from driftloop.core.settings import get_settings
+from flows.task_runners import DriftloopRayTaskRunner
 from tasks.get_online_features import get_online_features
 from tasks.load_champion_model import load_champion_model
 from tasks.load_champion_reference import champion_features, find_champion

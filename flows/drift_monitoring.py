@@ -20,11 +20,11 @@ from blocks.drift import DriftPolicy
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import DriftResult
-from driftloop.params import DriftWindow
-from driftloop.ray_runner import DriftloopRayTaskRunner
-from driftloop.timewindows import newest_span
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult
+from driftloop.core.params import DriftWindow
+from driftloop.core.timewindows import newest_span
+from flows.task_runners import DriftloopRayTaskRunner
 from tasks.announce_drift import announce_drift
 from tasks.check_new_labels import check_new_labels
 from tasks.get_feature_window import get_feature_window

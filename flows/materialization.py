@@ -12,8 +12,8 @@ from prefect import flow
 from pydantic import Field
 
 from blocks.feast import FeastFeatureStore
-from driftloop import names
-from driftloop.ray_runner import DriftloopRayTaskRunner
+from driftloop.core import names
+from flows.task_runners import DriftloopRayTaskRunner
 from tasks.materialize_features import materialize_features
 
 

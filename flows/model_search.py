@@ -14,10 +14,10 @@ from prefect import get_run_logger
 from prefect.states import Crashed
 
 from blocks.ray import RayCluster
-from driftloop.contracts import ResolvedFeatures, TableSchema, TrialOutcome, TrialResult
-from driftloop.params import SearchPolicy
-from driftloop.ray_runner import current_runner, submit_unless_cached
-from driftloop.search import create_study, describe, suggest_spec
+from driftloop.core.contracts import ResolvedFeatures, TableSchema, TrialOutcome, TrialResult
+from driftloop.core.params import SearchPolicy
+from driftloop.core.search import create_study, describe, suggest_spec
+from flows.task_runners import current_runner, submit_unless_cached
 from tasks.evaluate_trial import evaluate_trial
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from blocks.dvc import DvcDataset
-from driftloop import names
-from driftloop.dataset_events import ANNOUNCE_GRACE_S
+from driftloop.core import names
+from driftloop.core.dataset_events import ANNOUNCE_GRACE_S
 from tasks.announce_dataset_update import announce_dataset_update
 from tasks.check_revision_coverage import check_revision_coverage
 from tasks.load_labeled_entities import load_labeled_entities

@@ -28,10 +28,10 @@ from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
 from blocks.ray import RayCluster
-from driftloop import names
-from driftloop.contracts import ModelVersionRef, TrainingPlan, TrainingResult
-from driftloop.lineage import lineage_tags
-from driftloop.params import (
+from driftloop.core import names
+from driftloop.core.contracts import ModelVersionRef, TrainingPlan, TrainingResult
+from driftloop.core.lineage import lineage_tags
+from driftloop.core.params import (
     DataQualityPolicy,
     FeatureSelection,
     GradientBoostingSpec,
@@ -41,10 +41,10 @@ from driftloop.params import (
     SplitPolicy,
     TriggerContext,
 )
-from driftloop.ray_runner import DriftloopRayTaskRunner, current_runner, submit_unless_cached
-from driftloop.search import best_outcome, spec_from_dict
-from driftloop.timewindows import fitted_until
+from driftloop.core.search import best_outcome, spec_from_dict
+from driftloop.core.timewindows import fitted_until
 from flows.model_search import search_models
+from flows.task_runners import DriftloopRayTaskRunner, current_runner, submit_unless_cached
 from tasks.announce_decision import announce_decision
 from tasks.announce_retraining_skipped import announce_retraining_skipped
 from tasks.check_champion_performance import check_champion_performance

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy, Cach
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
-from driftloop.errors import retry_unless_bad_input
+from driftloop.core.errors import retry_unless_bad_input
 
 IO_RETRIES: dict[str, Any] = {
     "retries": 3,

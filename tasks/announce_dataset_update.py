@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from driftloop import dataset_events
-from driftloop.contracts import DatasetVersion
+from driftloop.core import dataset_events
+from driftloop.core.contracts import DatasetVersion
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

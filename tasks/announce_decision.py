@@ -8,9 +8,9 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run as runtime_flow_run
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import PromotionDecision
-from driftloop.events import confirm_event
+from driftloop.core import names
+from driftloop.core.contracts import PromotionDecision
+from driftloop.core.events import confirm_event
 from tasks._policy import IN_TRANSACTION, UNCACHED
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.events import emit_event
 
-from driftloop import names
-from driftloop.contracts import DriftResult, LabelStatus
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult, LabelStatus
 from tasks._policy import NO_RETRIES, UNCACHED
 
 

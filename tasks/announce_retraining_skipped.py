@@ -6,10 +6,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.events import emit_event
 
-from driftloop import names
-from driftloop.contracts import ModelVersionRef, TrainingPlan
-from driftloop.params import TriggerContext
-from driftloop.planning import new_labels_reason
+from driftloop.core import names
+from driftloop.core.contracts import ModelVersionRef, TrainingPlan
+from driftloop.core.params import TriggerContext
+from driftloop.core.planning import new_labels_reason
 from tasks._policy import NO_RETRIES, UNCACHED
 
 

@@ -8,17 +8,17 @@ from prefect import get_run_logger, task
 from prefect.events import emit_event
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import (
+from driftloop.core import names
+from driftloop.core.contracts import (
     DatasetVersion,
     ModelVersionRef,
     PerformanceCheck,
     ResolvedFeatures,
     TableSchema,
 )
-from driftloop.params import PromotionPolicy
-from driftloop.performance import degradation_reason
-from driftloop.timewindows import can_judge, rows_after
+from driftloop.core.params import PromotionPolicy
+from driftloop.core.performance import degradation_reason
+from driftloop.core.timewindows import can_judge, rows_after
 from tasks._policy import IO_RETRIES, by_content
 from tasks.evaluate_champion import evaluate_champion
 

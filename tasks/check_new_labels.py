@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import DatasetVersion, LabelStatus, ModelVersionRef
-from driftloop.planning import new_labels_reason
+from driftloop.core import names
+from driftloop.core.contracts import DatasetVersion, LabelStatus, ModelVersionRef
+from driftloop.core.planning import new_labels_reason
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from driftloop import dataset_events
-from driftloop.contracts import DatasetVersion, RevisionCoverage
+from driftloop.core import dataset_events
+from driftloop.core.contracts import DatasetVersion, RevisionCoverage
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run as runtime_flow_run
 
-from driftloop import dataset_events
-from driftloop.contracts import DatasetVersion
-from driftloop.errors import DatasetNotFoundError
-from driftloop.planning import superseded_message
+from driftloop.core import dataset_events
+from driftloop.core.contracts import DatasetVersion
+from driftloop.core.errors import DatasetNotFoundError
+from driftloop.core.planning import superseded_message
 from tasks._policy import IO_RETRIES, UNCACHED
 from tasks.resolve_dataset import earlier_commits, resolve
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from driftloop import names
-from driftloop.contracts import ChampionEvaluation, Metrics, ModelVersionRef, PromotionDecision
-from driftloop.params import LOWER_IS_BETTER, PromotionPolicy
+from driftloop.core import names
+from driftloop.core.contracts import ChampionEvaluation, Metrics, ModelVersionRef, PromotionDecision
+from driftloop.core.params import LOWER_IS_BETTER, PromotionPolicy
 from tasks._policy import NO_RETRIES, UNCACHED
 
 

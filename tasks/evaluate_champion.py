@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import (
+from driftloop.core import names
+from driftloop.core.contracts import (
     ChampionEvaluation,
     ModelVersionRef,
     ResolvedFeatures,
     TableSchema,
 )
-from driftloop.modeling import feature_matrix, positive_proba, score_probabilities
+from driftloop.core.modeling import feature_matrix, positive_proba, score_probabilities
 from tasks._policy import IN_TRANSACTION, UNCACHED, by_content
 from tasks.register_model import alias_version
 

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import Metrics, ResolvedFeatures, TableSchema
-from driftloop.modeling import feature_matrix, score_probabilities
+from driftloop.core.contracts import Metrics, ResolvedFeatures, TableSchema
+from driftloop.core.modeling import feature_matrix, score_probabilities
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

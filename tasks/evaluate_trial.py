@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 from prefect.states import Completed, State
 
-from driftloop.contracts import Metrics, ResolvedFeatures, TableSchema, TrialResult
-from driftloop.modeling import build_pipeline, feature_matrix, score_probabilities
-from driftloop.params import Metric, ModelSpec
+from driftloop.core.contracts import Metrics, ResolvedFeatures, TableSchema, TrialResult
+from driftloop.core.modeling import build_pipeline, feature_matrix, score_probabilities
+from driftloop.core.params import Metric, ModelSpec
 from tasks._policy import NO_RETRIES, by_content
 
 if TYPE_CHECKING:

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.feast import FeastFeatureStore
-from driftloop.contracts import ResolvedFeatures
-from driftloop.errors import NotEnoughDataError
-from driftloop.params import DriftWindow
+from driftloop.core.contracts import ResolvedFeatures
+from driftloop.core.errors import NotEnoughDataError
+from driftloop.core.params import DriftWindow
 from tasks._policy import IO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.feast import FeastFeatureStore
-from driftloop.contracts import DatasetVersion, ResolvedFeatures, TableSchema
-from driftloop.errors import FeatureRetrievalError
-from driftloop.params import DataQualityPolicy
+from driftloop.core.contracts import DatasetVersion, ResolvedFeatures, TableSchema
+from driftloop.core.errors import FeatureRetrievalError
+from driftloop.core.params import DataQualityPolicy
 from tasks._policy import IO_RETRIES, by_content
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.feast import FeastFeatureStore
-from driftloop.contracts import ResolvedFeatures
-from driftloop.errors import FeatureRetrievalError
+from driftloop.core.contracts import ResolvedFeatures
+from driftloop.core.errors import FeatureRetrievalError
 from tasks._policy import IO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop.contracts import ModelVersionRef, ResolvedFeatures
-from driftloop.errors import ModelSignatureError
+from driftloop.core.contracts import ModelVersionRef, ResolvedFeatures
+from driftloop.core.errors import ModelSignatureError
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

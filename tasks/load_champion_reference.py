@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import ModelVersionRef
-from driftloop.errors import DatasetUnreadableError, NoChampionError
-from driftloop.params import FeatureSelection
+from driftloop.core import names
+from driftloop.core.contracts import ModelVersionRef
+from driftloop.core.errors import DatasetUnreadableError, NoChampionError
+from driftloop.core.params import FeatureSelection
 from tasks._policy import IO_RETRIES, UNCACHED, by_content
 from tasks.register_model import alias_version
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
-from driftloop.contracts import DatasetVersion, TableSchema
-from driftloop.errors import DatasetNotFoundError, DatasetUnreadableError
-from driftloop.validation import check_entity_table
+from driftloop.core.contracts import DatasetVersion, TableSchema
+from driftloop.core.errors import DatasetNotFoundError, DatasetUnreadableError
+from driftloop.core.validation import check_entity_table
 from tasks._policy import IO_RETRIES, by_content
 
 if TYPE_CHECKING:

@@ -7,9 +7,9 @@ from pathlib import Path
 from prefect import task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import DriftResult
-from driftloop.lineage import current_flow_run
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult
+from driftloop.core.lineage import current_flow_run
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

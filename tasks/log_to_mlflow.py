@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import (
+from driftloop.core import names
+from driftloop.core.contracts import (
     DatasetVersion,
     LoggedRun,
     Metrics,
     ResolvedFeatures,
     TableSchema,
 )
-from driftloop.lineage import lineage_tags
-from driftloop.modeling import SKOPS_TRUSTED_TYPES, feature_matrix, spec_params
-from driftloop.params import ModelSpec, SplitPolicy, TriggerContext
+from driftloop.core.lineage import lineage_tags
+from driftloop.core.modeling import SKOPS_TRUSTED_TYPES, feature_matrix, spec_params
+from driftloop.core.params import ModelSpec, SplitPolicy, TriggerContext
 from tasks._policy import IO_RETRIES, by_content
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import LoggedRun, TrialOutcome
+from driftloop.core import names
+from driftloop.core.contracts import LoggedRun, TrialOutcome
 from tasks._policy import IO_RETRIES, by_content
 
 

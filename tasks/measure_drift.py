@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.drift import DriftPolicy
-from driftloop.contracts import ColumnDrift, DriftResult, ModelVersionRef, ResolvedFeatures
-from driftloop.errors import DataProblem, DataValidationError
-from driftloop.names import DRIFT_REPORT_ARTIFACT
+from driftloop.core.contracts import ColumnDrift, DriftResult, ModelVersionRef, ResolvedFeatures
+from driftloop.core.errors import DataProblem, DataValidationError
+from driftloop.core.names import DRIFT_REPORT_ARTIFACT
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

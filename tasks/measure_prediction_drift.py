@@ -8,8 +8,8 @@ from prefect import get_run_logger, task
 
 from blocks.drift import DriftPolicy
 from blocks.mlflow import MlflowTracking
-from driftloop.contracts import ModelVersionRef, PredictionDrift, ResolvedFeatures
-from driftloop.modeling import feature_matrix, positive_proba
+from driftloop.core.contracts import ModelVersionRef, PredictionDrift, ResolvedFeatures
+from driftloop.core.modeling import feature_matrix, positive_proba
 from tasks._policy import NO_RETRIES, UNCACHED
 from tasks.load_champion_model import load_champion_model
 from tasks.measure_drift import run_drift_preset

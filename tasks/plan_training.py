@@ -11,16 +11,16 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run as runtime_flow_run
 
 from blocks.mlflow import MlflowTracking
-from driftloop import dataset_events, names
-from driftloop.contracts import DatasetVersion, ResolvedFeatures, TrainingPlan
-from driftloop.params import TriggerContext
-from driftloop.planning import choose_revision, skip_reason, training_fingerprint
+from driftloop.core import dataset_events, names
+from driftloop.core.contracts import DatasetVersion, ResolvedFeatures, TrainingPlan
+from driftloop.core.params import TriggerContext
+from driftloop.core.planning import choose_revision, skip_reason, training_fingerprint
 from tasks._policy import IO_RETRIES, UNCACHED
 
 # The modules whose code shapes the trained model: a change to any of them retrains.
 TRAINING_CODE = (
-    "driftloop.modeling",
-    "driftloop.search",
+    "driftloop.core.modeling",
+    "driftloop.core.search",
     "tasks.split_holdout",
     "tasks.evaluate_trial",
     "tasks.train_model",

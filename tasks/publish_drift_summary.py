@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from driftloop import names
-from driftloop.contracts import DriftResult, DriftTrendPoint
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult, DriftTrendPoint
 from tasks._policy import NO_RETRIES, UNCACHED
 
 BARS = " ▁▂▃▄▅▆▇█"

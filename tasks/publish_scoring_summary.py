@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from driftloop import names
-from driftloop.contracts import ScoringResult
+from driftloop.core import names
+from driftloop.core.contracts import ScoringResult
 from tasks._policy import NO_RETRIES, UNCACHED
 
 

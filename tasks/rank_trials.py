@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from driftloop import names
-from driftloop.contracts import TrialOutcome
-from driftloop.params import LOWER_IS_BETTER, Metric
+from driftloop.core import names
+from driftloop.core.contracts import TrialOutcome
+from driftloop.core.params import LOWER_IS_BETTER, Metric
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import LoggedRun, PromotionDecision
+from driftloop.core import names
+from driftloop.core.contracts import LoggedRun, PromotionDecision
 from tasks._policy import IN_TRANSACTION, UNCACHED
 
 _METRICS = ("roc_auc", "f1", "accuracy", "log_loss")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from prefect import task
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import DriftResult, DriftTrendPoint
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult, DriftTrendPoint
 from tasks._policy import NO_RETRIES, UNCACHED
 
 # How many checks the Prefect artifact shows: a day of hourly checks.

@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 from prefect.transactions import Transaction, get_transaction
 
 from blocks.mlflow import MlflowTracking
-from driftloop import names
-from driftloop.contracts import LoggedRun, ModelVersionRef
+from driftloop.core import names
+from driftloop.core.contracts import LoggedRun, ModelVersionRef
 from tasks._policy import IN_TRANSACTION, UNCACHED
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from driftloop.contracts import DatasetLocation, DatasetVersion
-from driftloop.errors import DatasetNotFoundError
+from driftloop.core.contracts import DatasetLocation, DatasetVersion
+from driftloop.core.errors import DatasetNotFoundError
 from tasks._policy import IO_RETRIES, UNCACHED
 
 

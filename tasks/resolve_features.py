@@ -8,9 +8,9 @@ from pathlib import Path
 from prefect import task
 
 from blocks.feast import FeastFeatureStore
-from driftloop.contracts import FeatureColumn, FeatureKind, ResolvedFeatures
-from driftloop.errors import FeatureRetrievalError
-from driftloop.params import FeatureSelection
+from driftloop.core.contracts import FeatureColumn, FeatureKind, ResolvedFeatures
+from driftloop.core.errors import FeatureRetrievalError
+from driftloop.core.params import FeatureSelection
 from tasks._policy import IO_RETRIES, UNCACHED
 
 _KINDS: dict[str, FeatureKind] = {

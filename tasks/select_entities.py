@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import TableSchema
-from driftloop.errors import NotEnoughDataError
-from driftloop.params import ScoringBatch
+from driftloop.core.contracts import TableSchema
+from driftloop.core.errors import NotEnoughDataError
+from driftloop.core.params import ScoringBatch
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

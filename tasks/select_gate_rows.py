@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import ModelVersionRef, TableSchema
-from driftloop.timewindows import gate_rows
+from driftloop.core.contracts import ModelVersionRef, TableSchema
+from driftloop.core.timewindows import gate_rows
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import ResolvedFeatures, TableSchema
-from driftloop.modeling import build_pipeline, feature_matrix
-from driftloop.params import ModelSpec
+from driftloop.core.contracts import ResolvedFeatures, TableSchema
+from driftloop.core.modeling import build_pipeline, feature_matrix
+from driftloop.core.params import ModelSpec
 from tasks._policy import NO_RETRIES, by_content
 
 if TYPE_CHECKING:

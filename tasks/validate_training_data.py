@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import DatasetVersion, ResolvedFeatures, TableSchema
-from driftloop.validation import check_training_frame
+from driftloop.core.contracts import DatasetVersion, ResolvedFeatures, TableSchema
+from driftloop.core.validation import check_training_frame
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:

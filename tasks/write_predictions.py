@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 
-from driftloop.contracts import ModelVersionRef, ResolvedFeatures, ScoringResult
+from driftloop.core.contracts import ModelVersionRef, ResolvedFeatures, ScoringResult
 from tasks._policy import IO_RETRIES, NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def score_entities(
 ) -> pd.DataFrame:
     """Positive-class probabilities for each entity, with the inputs they were scored on (the
     drift monitor can compare those with the training reference)."""
-    from driftloop.modeling import feature_matrix, positive_proba
+    from driftloop.core.modeling import feature_matrix, positive_proba
 
     inputs = feature_matrix(frame, list(features.columns))
     scored = frame[keys + features.names].copy()

@@ -18,7 +18,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
 
 
 def free_port() -> int:
@@ -62,7 +62,7 @@ def prefect_server() -> PrefectServer:
     """A real Prefect server for the whole session (the flows' API)."""
     server = PrefectServer(port=PREFECT_PORT, home=STATE / "prefect", log_dir=STATE / "logs")
     server.start()
-    from driftloop.bootstrap import register_block_types
+    from driftloop.app.bootstrap import register_block_types
 
     register_block_types()
     from blocks import RayCluster
@@ -101,8 +101,8 @@ class Demo:
     feast_block: str
 
     def train_kwargs(self, mlflow: MlflowSetup, **overrides: object) -> dict[str, object]:
-        from driftloop.demo import DEMO_FEATURE_SERVICE
-        from driftloop.params import FeatureSelection, SearchPolicy
+        from driftloop.app.demo import DEMO_FEATURE_SERVICE
+        from driftloop.core.params import FeatureSelection, SearchPolicy
 
         kwargs: dict[str, object] = {
             "features": FeatureSelection(feature_service=DEMO_FEATURE_SERVICE),
@@ -122,7 +122,7 @@ def ray_session(prefect_server: PrefectServer):
     prefect-ray does with an initialized Ray) instead of starting their own."""
     import ray
 
-    from driftloop.settings import TELEMETRY_OFF as quiet
+    from driftloop.core.settings import TELEMETRY_OFF as quiet
 
     ray.init(
         num_cpus=2,
@@ -139,8 +139,8 @@ def ray_session(prefect_server: PrefectServer):
 def _prepare_and_save(settings, config, dataset_name: str, prefix: str) -> Demo:
     """Prepare the demo under ``settings`` and save dataset and Feast blocks for it."""
     from blocks import DvcDataset, FeastFeatureStore
-    from driftloop import demo as demo_names
-    from driftloop.demo.setup import demo_registry, prepare_demo
+    from driftloop.app import demo as demo_names
+    from driftloop.app.demo.setup import demo_registry, prepare_demo
     from tests.helpers import quietly
 
     with quietly():
@@ -165,8 +165,8 @@ def _prepare_and_save(settings, config, dataset_name: str, prefix: str) -> Demo:
 def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: int = 3) -> Demo:
     """A private demo (registry, feature repo copy, blocks) under ``root``, for tests that add
     batches and must not change the session's shared demo."""
-    from driftloop.demo.setup import DemoConfig
-    from driftloop.settings import DriftloopSettings
+    from driftloop.app.demo.setup import DemoConfig
+    from driftloop.core.settings import DriftloopSettings
 
     shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
     settings = DriftloopSettings(home=root / ".driftloop", feature_repo=root / "feature_repo")
@@ -176,9 +176,9 @@ def make_demo(root: Path, rows_per_batch: int = DEMO_ROWS_PER_BATCH, batches: in
 
 @pytest.fixture(scope="session")
 def demo(prefect_server: PrefectServer, ray_session: None) -> Demo:
-    from driftloop import demo as demo_names
-    from driftloop.demo.setup import DemoConfig
-    from driftloop.settings import get_settings
+    from driftloop.app import demo as demo_names
+    from driftloop.app.demo.setup import DemoConfig
+    from driftloop.core.settings import get_settings
 
     config = DemoConfig(rows_per_batch=DEMO_ROWS_PER_BATCH)
     return _prepare_and_save(get_settings(), config, demo_names.DEMO_DATASET, "demo")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from driftloop.settings import TELEMETRY_OFF
-from driftloop.supervisor import Component, Supervisor
+from driftloop.app.supervisor import Component, Supervisor
+from driftloop.core.settings import TELEMETRY_OFF
 
 PYTHON = sys.executable
 
@@ -69,7 +69,7 @@ class MlflowSetup:
         return self.block.activate()
 
     def champion(self) -> str | None:
-        from driftloop import names
+        from driftloop.core import names
         from tasks.register_model import alias_version
 
         return alias_version(self.client(), self.model_name, names.ALIAS_CHAMPION)
@@ -235,7 +235,7 @@ class RayNodes:
                                   "--dashboard-agent-listen-port", str(agent_port)])  # fmt: skip
 
     def processes(self, name: str) -> list[int]:
-        from driftloop.supervisor import session_members
+        from driftloop.app.supervisor import session_members
 
         return session_members(self.nodes[name].pid)
 
@@ -253,7 +253,7 @@ class RayNodes:
 
     def stop_node(self, name: str) -> None:
         """SIGTERM the node's processes; whatever is still there after 5 s is killed."""
-        from driftloop.supervisor import stop_session
+        from driftloop.app.supervisor import stop_session
 
         process = self.nodes.pop(name)
         stop_session(process.pid, 1, 5, f"ray {name}", lambda _: None)
@@ -263,7 +263,7 @@ def run_training_subprocess(kwargs: dict[str, Any], env: dict[str, str], timeout
     """Run the training flow in a fresh process (as a worker would) and return its result."""
     import json
 
-    from driftloop.settings import PROJECT_ROOT
+    from driftloop.core.settings import PROJECT_ROOT
 
     done = subprocess.run(
         [sys.executable, "-m", "tests.run_training", json.dumps(kwargs)],

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from driftloop.settings import PROJECT_ROOT, TELEMETRY_OFF
+from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
 from tests.conftest import free_port
 
 # The embedded server is Prefect on SQLite. Under an event storm it has been seen holding its
@@ -30,7 +30,7 @@ SCORING = "score-churn-batch"
 def processes_of(home: Path) -> list[str]:
     """Command lines of live processes started for this state folder: their environment
     names it, or (Ray's processes rewrite their environment) they hold files of its Ray."""
-    from driftloop.ray_runner import ray_temp_path
+    from flows.task_runners import ray_temp_path
 
     marker = str(home)
     ray_dirs = (str(home / "ray"), str(ray_temp_path(home / "ray")))
@@ -59,7 +59,7 @@ class Up:
         STARTED.append(self)
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.cli", "up"],
+            [sys.executable, "-m", "driftloop.app.cli", "up"],
             env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )  # fmt: skip
@@ -116,7 +116,7 @@ def stop_leftovers(root: Path) -> list[str]:
             up.stop(signal.SIGTERM)
     leftovers = processes_of(root / ".driftloop")
     subprocess.run(
-        [sys.executable, "-m", "driftloop.cli", "down"], env={
+        [sys.executable, "-m", "driftloop.app.cli", "down"], env={
             **os.environ, "DRIFTLOOP_HOME": str(root / ".driftloop")
         }, cwd=PROJECT_ROOT, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
@@ -221,7 +221,7 @@ class Stack:
         """`make batch` / `make drift`: push a batch (or `--count N`); return the newest
         registry commit."""
         pushed = subprocess.run(
-            [sys.executable, "-m", "driftloop.cli", "add-batch", *args], env=self.env,
+            [sys.executable, "-m", "driftloop.app.cli", "add-batch", *args], env=self.env,
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr

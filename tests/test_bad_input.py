@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from blocks import DvcDataset
-from driftloop import demo as demo_names
-from driftloop.demo.registry import DataRegistry
-from driftloop.errors import (
+from driftloop.app import demo as demo_names
+from driftloop.app.demo.registry import DataRegistry
+from driftloop.core.errors import (
     DatasetNotFoundError,
     DatasetUnreadableError,
     DataValidationError,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.demo.churn import STRONG_DRIFT, DriftSpec, batch_windows, generate_batch
+from driftloop.app.demo.churn import STRONG_DRIFT, DriftSpec, batch_windows, generate_batch
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 END = START + timedelta(days=7)

@@ -7,7 +7,7 @@ import yaml
 
 from deployments import DEPLOYMENTS
 from deployments.render import PREFECT_YAML, render
-from driftloop import names
+from driftloop.core import names
 
 
 def test_prefect_yaml_is_rendered_from_the_specs():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from driftloop import names
-from driftloop.contracts import Metrics, TrialOutcome, TrialResult
-from driftloop.params import SearchPolicy
-from driftloop.search import SearchFailedError, best_outcome
+from driftloop.core import names
+from driftloop.core.contracts import Metrics, TrialOutcome, TrialResult
+from driftloop.core.params import SearchPolicy
+from driftloop.core.search import SearchFailedError, best_outcome
 from flows.training import train
 from tests.helpers import task_states
 

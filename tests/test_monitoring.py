@@ -7,11 +7,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from driftloop import names
-from driftloop.contracts import DriftResult, ScoringResult
-from driftloop.demo.churn import STRONG_DRIFT
-from driftloop.errors import ModelSignatureError, NoChampionError, NotEnoughDataError
-from driftloop.params import DriftWindow, FeatureSelection, ScoringBatch
+from driftloop.app.demo.churn import STRONG_DRIFT
+from driftloop.core import names
+from driftloop.core.contracts import DriftResult, ScoringResult
+from driftloop.core.errors import ModelSignatureError, NoChampionError, NotEnoughDataError
+from driftloop.core.params import DriftWindow, FeatureSelection, ScoringBatch
 from flows.batch_scoring import score_batch
 from flows.drift_monitoring import monitor_drift
 from flows.new_data import detect_new_data
@@ -112,8 +112,8 @@ def test_trained_data_needs_no_announcement(world):
 
 
 def test_new_data_is_announced_once_and_again_only_if_no_training_follows(world):
-    from driftloop import dataset_events
-    from driftloop.demo.setup import add_batch
+    from driftloop.app.demo.setup import add_batch
+    from driftloop.core import dataset_events
     from tests.helpers import quietly
 
     demo, mlflow = world
@@ -192,8 +192,8 @@ def test_scoring_refuses_a_model_whose_signature_does_not_match(world):
 
 
 def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
-    from driftloop.dataset_events import announce_revision
-    from driftloop.demo.setup import add_batch
+    from driftloop.app.demo.setup import add_batch
+    from driftloop.core.dataset_events import announce_revision
 
     demo, mlflow = world
     revision = add_batch(demo.settings, rows=1500, drift=STRONG_DRIFT)

@@ -13,9 +13,9 @@ from prefect import flow
 from prefect.events import emit_event
 
 from deployments.notifications import NOTICES
-from driftloop import names
-from driftloop.notify_receiver import make_server
-from driftloop.settings import DriftloopSettings
+from driftloop.app.notify_receiver import make_server
+from driftloop.core import names
+from driftloop.core.settings import DriftloopSettings
 from tests.conftest import free_port
 from tests.helpers import unique
 
@@ -43,7 +43,7 @@ def test_what_a_person_is_told_and_how_often(receiver, tmp_path):
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
-    from driftloop.bootstrap import ensure_notification_automations, ensure_notification_block
+    from driftloop.app.bootstrap import ensure_notification_automations, ensure_notification_block
 
     port, file = receiver
     settings = DriftloopSettings(home=tmp_path / "state", notify_port=port)

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from driftloop.contracts import ChampionEvaluation, Metrics, ModelVersionRef
-from driftloop.params import (
+from driftloop.core.contracts import ChampionEvaluation, Metrics, ModelVersionRef
+from driftloop.core.params import (
     DataQualityPolicy,
     FeatureSelection,
     ModelSpec,

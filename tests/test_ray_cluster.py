@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from driftloop import names
-from driftloop.settings import PROJECT_ROOT
+from driftloop.core import names
+from driftloop.core.settings import PROJECT_ROOT
 from tests.conftest import make_demo
 from tests.helpers import RayNodes, make_mlflow, run_training_subprocess
 
@@ -38,7 +38,7 @@ def head(tmp_path_factory):
     sessions = [nodes.nodes["head"].pid]
     yield nodes, sessions
     nodes.stop()
-    from driftloop.supervisor import session_alive
+    from driftloop.app.supervisor import session_alive
 
     assert not any(session_alive(s) for s in sessions), "Ray processes were left behind"
     shutil.rmtree(temp_dir, ignore_errors=True)

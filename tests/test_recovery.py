@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from driftloop import names
-from driftloop.recovery import RunJanitor
+from driftloop.app.recovery import RunJanitor
+from driftloop.core import names
 from tests.helpers import unique
 
 WORKER = "driftloop-test-worker"
@@ -175,7 +175,7 @@ def test_a_pending_run_without_a_process_gets_a_grace_period(deployment):
 
 
 def test_stopping_the_service_records_runs_in_flight_and_stops_their_processes(deployment):
-    from driftloop.supervisor import session_alive
+    from driftloop.app.supervisor import session_alive
 
     run = in_flight(deployment, None)
     process = engine_like(run.id, with_child=True)
@@ -229,7 +229,7 @@ def test_prefects_zombie_detection_crashes_a_run_whose_heartbeats_stop(prefect_s
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
-    from driftloop.bootstrap import ensure_zombie_automation
+    from driftloop.app.bootstrap import ensure_zombie_automation
 
     name = unique("zombies")
     ensure_zombie_automation(heartbeat_s=5, missed=2, name=name)

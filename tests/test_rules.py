@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from driftloop import names
-from driftloop.contracts import DatasetLocation, DatasetVersion
-from driftloop.interruptions import (
+from driftloop.core import names
+from driftloop.core.contracts import DatasetLocation, DatasetVersion
+from driftloop.core.interruptions import (
     covers_its_data,
     is_interrupted,
     service_stopped_message,
     should_resume,
     zombie_reason,
 )
-from driftloop.planning import choose_revision, skip_reason, training_fingerprint
+from driftloop.core.planning import choose_revision, skip_reason, training_fingerprint
 
 
 def at(commit: str, md5: str = "m" * 32) -> DatasetVersion:
@@ -113,7 +113,7 @@ def frame(days: list[int], labels: list[int] | None = None):
 
 
 def test_rows_after_a_fit_date_are_new_to_the_model():
-    from driftloop.timewindows import fitted_until, rows_after
+    from driftloop.core.timewindows import fitted_until, rows_after
 
     rows = frame([0, 1, 2, 3])
     until = fitted_until(rows.iloc[:2], "ts")
@@ -122,7 +122,7 @@ def test_rows_after_a_fit_date_are_new_to_the_model():
 
 
 def test_the_gate_judges_on_rows_the_champion_has_not_seen():
-    from driftloop.timewindows import fitted_until, gate_rows
+    from driftloop.core.timewindows import fitted_until, gate_rows
 
     holdout = frame([0] * 50 + [5] * 150)
     until = fitted_until(holdout.iloc[:50], "ts")
@@ -134,7 +134,7 @@ def test_the_gate_judges_on_rows_the_champion_has_not_seen():
 
 
 def test_too_few_unseen_rows_fall_back_to_the_whole_holdout_and_say_so():
-    from driftloop.timewindows import fitted_until, gate_rows
+    from driftloop.core.timewindows import fitted_until, gate_rows
 
     holdout = frame([0] * 190 + [5] * 10)
     rows, note = gate_rows(holdout, "ts", "y", fitted_until(holdout.iloc[:190], "ts"))
@@ -143,7 +143,7 @@ def test_too_few_unseen_rows_fall_back_to_the_whole_holdout_and_say_so():
 
 
 def test_the_drift_reference_is_the_newest_span_of_the_fit_data():
-    from driftloop.timewindows import newest_span
+    from driftloop.core.timewindows import newest_span
 
     rows = frame(list(range(30)))
     assert len(newest_span(rows, "ts", days=7, min_rows=5)) == 8  # days 22..29
@@ -152,7 +152,7 @@ def test_the_drift_reference_is_the_newest_span_of_the_fit_data():
 
 # --- labels and performance -----------------------------------------------------------------
 def test_no_new_labels_when_a_version_was_trained_on_the_newest_content():
-    from driftloop.planning import new_labels_reason
+    from driftloop.core.planning import new_labels_reason
 
     newest = at("eb4d88c3")
     assert new_labels_reason("2", newest, None)[0] is True
@@ -164,7 +164,7 @@ def test_no_new_labels_when_a_version_was_trained_on_the_newest_content():
 
 
 def test_degraded_means_below_the_floor_or_far_below_its_own_holdout():
-    from driftloop.performance import degradation_reason
+    from driftloop.core.performance import degradation_reason
 
     assert degradation_reason("roc_auc", 0.83, 0.84, floor=0.6, max_degradation=0.03) is None
     assert "0.1300 worse" in degradation_reason("roc_auc", 0.71, 0.84, 0.6, 0.03)

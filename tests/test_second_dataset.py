@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from blocks import DvcDataset, FeastFeatureStore
-from driftloop import names
-from driftloop.demo.registry import DataRegistry
-from driftloop.demo.setup import feast_apply
-from driftloop.params import (
+from driftloop.app.demo.registry import DataRegistry
+from driftloop.app.demo.setup import feast_apply
+from driftloop.core import names
+from driftloop.core.params import (
     FeatureSelection,
     LogisticRegressionSpec,
     PromotionPolicy,

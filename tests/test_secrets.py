@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from driftloop.demo import DEMO_FEATURE_SERVICE
-from driftloop.params import FeatureSelection, ScoringBatch, SearchPolicy
+from driftloop.app.demo import DEMO_FEATURE_SERVICE
+from driftloop.core.params import FeatureSelection, ScoringBatch, SearchPolicy
 from flows.batch_scoring import score_batch
 from flows.drift_monitoring import monitor_drift
 from flows.training import train

@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 
 from deployments.notifications import NOTICES
-from driftloop import names
-from driftloop.settings import PROJECT_ROOT
+from driftloop.core import names
+from driftloop.core.settings import PROJECT_ROOT
 from tests.stack import (
     FINAL,
     SCORING,
@@ -442,7 +442,7 @@ def test_kill_9_of_up_then_down_then_up_keeps_the_champion_and_the_data(stack: S
     stack.up.process.kill()  # SIGKILL: no chance to stop anything itself
     stack.up.process.wait()
     down = subprocess.run(
-        [sys.executable, "-m", "driftloop.cli", "down"], env=stack.env, cwd=PROJECT_ROOT,
+        [sys.executable, "-m", "driftloop.app.cli", "down"], env=stack.env, cwd=PROJECT_ROOT,
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert down.returncode == 0, down.stdout + down.stderr

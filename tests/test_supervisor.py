@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.supervisor import (
+from driftloop.app.supervisor import (
     Component,
     RestartBudgetExhausted,
     RestartPolicy,
@@ -139,7 +139,7 @@ def test_stopping_finds_processes_in_other_sessions_by_the_service_id(tmp_path):
 def test_down_stops_what_a_killed_supervisor_left(tmp_path):
     """`driftloop down` after `kill -9` of `up`: the components die with their parent, but a
     process they started in a session of its own lives on; the service id finds it."""
-    from driftloop.supervisor import stop_from_pid_files
+    from driftloop.app.supervisor import stop_from_pid_files
 
     script, pid_file = spawner_script(tmp_path)
     home = tmp_path / "state"
@@ -147,7 +147,7 @@ def test_down_stops_what_a_killed_supervisor_left(tmp_path):
     code = (
         "import os, sys, time\n"
         "from pathlib import Path\n"
-        "from driftloop.supervisor import Component, Supervisor\n"
+        "from driftloop.app.supervisor import Component, Supervisor\n"
         f"s = Supervisor(Path({str(run_dir)!r}), service_id='svc-down', log=lambda _: None)\n"
         f"s.start(Component('spawner', [sys.executable, {str(script)!r}], dict(os.environ),"
         f" Path({str(tmp_path / 'spawner.log')!r}), restart=None))\n"
@@ -173,7 +173,7 @@ def test_down_stops_what_a_killed_supervisor_left(tmp_path):
 def test_a_process_known_only_by_its_files_in_the_state_folder_is_stopped(tmp_path):
     """Ray's helpers rewrite their environment and may sit in a session nobody knows; the
     last sweep finds them by the files they hold open under the state folder's Ray dir."""
-    from driftloop.supervisor import processes_using, stop_processes_using
+    from driftloop.app.supervisor import processes_using, stop_processes_using
 
     ray_dir = tmp_path / "ray"
     ray_dir.mkdir()

@@ -6,14 +6,19 @@ import pandas as pd
 import pytest
 
 from blocks import FeastFeatureStore
-from driftloop.contracts import DatasetLocation, TableSchema
-from driftloop.errors import (
+from driftloop.core.contracts import DatasetLocation, TableSchema
+from driftloop.core.errors import (
     DatasetNotFoundError,
     DatasetUnreadableError,
     DataValidationError,
     FeatureRetrievalError,
 )
-from driftloop.params import DataQualityPolicy, FeatureSelection, GradientBoostingSpec, SplitPolicy
+from driftloop.core.params import (
+    DataQualityPolicy,
+    FeatureSelection,
+    GradientBoostingSpec,
+    SplitPolicy,
+)
 from tasks.evaluate_model import evaluate_model
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
@@ -72,7 +77,7 @@ def test_load_reads_from_the_remote_in_a_fresh_clone(demo, tmp_path):
 
 
 def test_corrupted_parquet_is_reported_as_unreadable(prefect_server, tmp_path):
-    from driftloop.demo.registry import DataRegistry
+    from driftloop.app.demo.registry import DataRegistry
 
     registry = DataRegistry(tmp_path / "repo", tmp_path / "remote", "data/labels.parquet")
     registry.init()

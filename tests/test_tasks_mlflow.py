@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from blocks import FeastFeatureStore
-from driftloop import names
-from driftloop.contracts import ChampionEvaluation, DatasetLocation, TableSchema
-from driftloop.params import (
+from driftloop.core import names
+from driftloop.core.contracts import ChampionEvaluation, DatasetLocation, TableSchema
+from driftloop.core.params import (
     DataQualityPolicy,
     FeatureSelection,
     LogisticRegressionSpec,

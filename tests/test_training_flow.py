@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from driftloop import names
-from driftloop.params import (
+from driftloop.core import names
+from driftloop.core.params import (
     LogisticRegressionSpec,
     PromotionPolicy,
     RandomForestSpec,
@@ -114,7 +114,7 @@ def test_a_rerun_is_skipped_a_new_gate_reuses_the_cache_and_new_data_recomputes(
     assert regated.result().version == first.result().version
     assert len(mlflow_setup.versions()) == 1
 
-    from driftloop.demo.setup import add_batch
+    from driftloop.app.demo.setup import add_batch
     from tests.helpers import quietly
 
     with quietly():

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.contracts import FeatureColumn, TableSchema
-from driftloop.errors import DataValidationError
-from driftloop.validation import check_entity_table, check_training_frame
+from driftloop.core.contracts import FeatureColumn, TableSchema
+from driftloop.core.errors import DataValidationError
+from driftloop.core.validation import check_entity_table, check_training_frame
 
 SCHEMA = TableSchema(entity_columns=("customer_id",), timestamp_column="ts", label_column="y")
 FEATURES = [

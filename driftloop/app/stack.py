@@ -7,7 +7,7 @@ Prefect server (SQLite) + MLflow server (SQLite, local artifacts)
   -> first training run through the server -> supervise until SIGINT/SIGTERM
 
 While it runs, components that die are restarted (with backoff, within a budget), and a
-background sweep crashes and resumes flow runs whose process is gone (driftloop.recovery).
+background sweep crashes and resumes flow runs whose process is gone (driftloop.app.recovery).
 On SIGINT/SIGTERM the worker stops first, the runs it had in flight are recorded as Crashed
 ("service stopped"), then the servers stop.
 """
@@ -25,10 +25,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from driftloop import names
-from driftloop.recovery import RunJanitor
-from driftloop.settings import PROJECT_ROOT, DriftloopSettings
-from driftloop.supervisor import (
+from driftloop.app.recovery import RunJanitor
+from driftloop.app.supervisor import (
     Component,
     RestartBudgetExhausted,
     StartupError,
@@ -36,6 +34,8 @@ from driftloop.supervisor import (
     stop_from_pid_files,
     tail,
 )
+from driftloop.core import names
+from driftloop.core.settings import PROJECT_ROOT, DriftloopSettings
 
 Log = Callable[[str], None]
 
@@ -82,7 +82,7 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
 
 def ray_state_dirs(settings: DriftloopSettings) -> tuple[str, ...]:
     """Where the flow runs' local Ray keeps its session files (and the short link to it)."""
-    from driftloop.ray_runner import ray_temp_path
+    from flows.task_runners import ray_temp_path
 
     return (str(settings.ray_dir), str(ray_temp_path(settings.ray_dir)))
 
@@ -115,10 +115,10 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
             port=settings.mlflow_port,
             startup_timeout_s=timeout,
         ),
-        # Where the default notification block sends (driftloop.notify_receiver).
+        # Where the default notification block sends (driftloop.app.notify_receiver).
         "notify-receiver": Component(
             name="notify-receiver",
-            argv=[python, "-m", "driftloop.notify_receiver", "--host", settings.host,
+            argv=[python, "-m", "driftloop.app.notify_receiver", "--host", settings.host,
                   "--port", str(settings.notify_port), "--file", str(settings.notifications_file)],
             env=env,
             log_file=logs / "notify-receiver.log",
@@ -294,7 +294,7 @@ def _claim_initial_revision(revision) -> None:
     """The first training (below) covers the demo's initial data: record its revision as seen,
     so the new-data check does not announce it and start a second training on the same data."""
     from blocks.dvc import DvcDataset
-    from driftloop.dataset_events import claim_revision
+    from driftloop.core.dataset_events import claim_revision
 
     dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
     claim_revision(dataset.name, revision.md5, revision.commit, by="driftloop up (initial data)")
@@ -365,7 +365,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             if stop.is_set():
                 return 130
 
-        from driftloop import bootstrap
+        from driftloop.app import bootstrap
 
         bootstrap.register_block_types()
         bootstrap.ensure_default_blocks(settings, log)
@@ -375,7 +375,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         bootstrap.ensure_notification_automations(block_id, settings.renotify_minutes)
         _recover(janitor, log)
         if with_demo:
-            from driftloop.demo.setup import prepare_demo
+            from driftloop.app.demo.setup import prepare_demo
 
             with _narration_to(settings.logs_dir / "demo-setup.log"):
                 revisions = prepare_demo(settings)

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter
 
-from driftloop.contracts import TrialOutcome
-from driftloop.params import LOWER_IS_BETTER, ModelSpec, SearchPolicy
+from driftloop.core.contracts import TrialOutcome
+from driftloop.core.params import LOWER_IS_BETTER, ModelSpec, SearchPolicy
 
 if TYPE_CHECKING:
     import optuna

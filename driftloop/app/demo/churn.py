@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from driftloop.demo import DEMO_ENTITY, DEMO_LABEL, DEMO_TIMESTAMP
+from driftloop.app.demo import DEMO_ENTITY, DEMO_LABEL, DEMO_TIMESTAMP
 
 PLANS = ("basic", "standard", "premium")
 CONTRACTS = ("month-to-month", "one-year", "two-year")

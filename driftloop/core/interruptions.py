@@ -1,11 +1,11 @@
 """Pure rules about flow runs that lost their process: which are zombies, which were
-interrupted (rather than broken), and which may run again. Applied by `driftloop.recovery`
+interrupted (rather than broken), and which may run again. Applied by `driftloop.app.recovery`
 (the service's sweeps) and by the new-data check (an interrupted training still covers its
 revision: it will be resumed)."""
 
 from __future__ import annotations
 
-from driftloop import names
+from driftloop.core import names
 
 
 def zombie_reason(

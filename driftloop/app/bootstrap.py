@@ -9,8 +9,9 @@ from uuid import UUID
 
 from blocks import DriftPolicy, DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
 from blocks._base import DriftloopBlock
-from driftloop import demo, names
-from driftloop.settings import DriftloopSettings
+from driftloop.app import demo
+from driftloop.core import names
+from driftloop.core.settings import DriftloopSettings
 
 BLOCK_TYPES: tuple[type[DriftloopBlock], ...] = (
     MlflowTracking,
@@ -114,7 +115,7 @@ def zombie_automation(heartbeat_s: int, missed: int = 4, name: str = names.ZOMBI
 
     Flow runs send heartbeats every `heartbeat_s` seconds when PREFECT_FLOWS_HEARTBEAT_FREQUENCY
     says so (driftloop's worker sets it). This covers runs on any machine; the service's own
-    sweep (driftloop.recovery) also catches runs that never reached Running.
+    sweep (driftloop.app.recovery) also catches runs that never reached Running.
     """
     from datetime import timedelta
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Every process driftloop starts runs with these: each tool's own telemetry switch (README,
 # "Telemetry"). With them no component opens a connection outside loopback. MLflow accepts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from driftloop.settings import get_settings, quiet_environment
+from driftloop.core.settings import get_settings, quiet_environment
 
 
 def _parse_shift(values: list[str]) -> dict[str, float]:
@@ -23,8 +23,8 @@ def _announce(revision) -> None:
     """What a post-push hook in a data repo does: tell Prefect a new revision exists. Shares
     the new-data check's once-per-revision claim, so the revision gives one event either way."""
     from blocks.dvc import DvcDataset
-    from driftloop import names
-    from driftloop.dataset_events import announce_revision
+    from driftloop.core import names
+    from driftloop.core.dataset_events import announce_revision
 
     try:
         dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
@@ -99,18 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
 
     if args.command == "up":
-        from driftloop.stack import up as run_up
+        from driftloop.app.stack import up as run_up
 
         return run_up(settings, with_demo=not args.no_demo)
     if args.command == "down":
-        from driftloop.stack import down as run_down
+        from driftloop.app.stack import down as run_down
 
         return run_down(settings)
     if args.command == "add-batch":
         import os
 
-        from driftloop.demo.churn import STRONG_DRIFT, DriftSpec
-        from driftloop.demo.setup import add_batch
+        from driftloop.app.demo.churn import STRONG_DRIFT, DriftSpec
+        from driftloop.app.demo.setup import add_batch
 
         os.environ.update(settings.process_env())
         custom = DriftSpec(

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from driftloop.ray_runner import DriftloopRayTaskRunner, EphemeralPrefectError, ray_temp_dir
+from flows.task_runners import DriftloopRayTaskRunner, EphemeralPrefectError, ray_temp_dir
 
 
 def test_refuses_ephemeral_prefect():

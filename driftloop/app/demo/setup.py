@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from driftloop.demo import DEMO_TABLE_PATH
-from driftloop.demo.churn import (
+from driftloop.app.demo import DEMO_TABLE_PATH
+from driftloop.app.demo.churn import (
     ENTITY,
     LABEL,
     TIMESTAMP,
@@ -21,8 +21,8 @@ from driftloop.demo.churn import (
     batch_windows,
     generate_batch,
 )
-from driftloop.demo.registry import DataRegistry, RegistryRevision
-from driftloop.settings import DriftloopSettings
+from driftloop.app.demo.registry import DataRegistry, RegistryRevision
+from driftloop.core.settings import DriftloopSettings
 
 PROFILE_VIEW = "customer_profile"
 ACTIVITY_VIEW = "customer_activity"

@@ -162,7 +162,7 @@ TAG_DRIFTLOOP = "driftloop"
 
 # --- Runs that lost their process ------------------------------------------------------------
 # A Crashed run whose state message starts with one of these was interrupted, not broken: its
-# code never failed, its process went away. driftloop resumes such runs (see driftloop.recovery).
+# code never failed, its process went away. driftloop resumes such runs (driftloop.app.recovery).
 CRASH_SERVICE_STOPPED = "service stopped"
 CRASH_NO_PROCESS = "no process"
 CRASH_NO_HEARTBEAT = "no heartbeat"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from driftloop.contracts import FeatureColumn, TableSchema
-from driftloop.errors import DataProblem, DataValidationError
+from driftloop.core.contracts import FeatureColumn, TableSchema
+from driftloop.core.errors import DataProblem, DataValidationError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -17,9 +17,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from driftloop import names
-from driftloop.events import CONFIRM_TIMEOUT_S, confirm_event
-from driftloop.interruptions import covers_its_data
+from driftloop.core import names
+from driftloop.core.events import CONFIRM_TIMEOUT_S, confirm_event
+from driftloop.core.interruptions import covers_its_data
 
 # How long an announcement may take to produce a training run before it is made again.
 ANNOUNCE_GRACE_S = 120.0

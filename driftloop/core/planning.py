@@ -19,8 +19,8 @@ import hashlib
 import json
 from typing import Any
 
-from driftloop import names
-from driftloop.contracts import DatasetVersion
+from driftloop.core import names
+from driftloop.core.contracts import DatasetVersion
 
 
 def is_requested_by_person(reason: str) -> bool:

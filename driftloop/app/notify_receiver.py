@@ -6,7 +6,7 @@ Each notification is appended, as one JSON object per line, to
 ``.driftloop/logs/notifications.jsonl`` (and `driftloop up` prints its subject). Standard
 library only: it starts in a fraction of a second.
 
-    $ python -m driftloop.notify_receiver --port 4280 --file .driftloop/logs/notifications.jsonl
+    $ python -m driftloop.app.notify_receiver --port 4280 --file .driftloop/logs/notifications.jsonl
     $ curl -s -XPOST localhost:4280/notify -d '{"subject": "hi", "body": "there"}'
     $ tail -1 .driftloop/logs/notifications.jsonl
     {"received": "2026-11-22T10:00:00+00:00", "subject": "hi", "body": "there"}

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from driftloop.contracts import FeatureColumn, Metrics
-from driftloop.params import (
+from driftloop.core.contracts import FeatureColumn, Metrics
+from driftloop.core.params import (
     GradientBoostingSpec,
     LogisticRegressionSpec,
     ModelSpec,

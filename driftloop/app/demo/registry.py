@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from driftloop.settings import TELEMETRY_OFF
+from driftloop.core.settings import TELEMETRY_OFF
 
 BATCH_TAG_PREFIX = "batch-"
 _GIT_IDENTITY = {"user.name": "driftloop demo", "user.email": "demo@driftloop.invalid"}

@@ -26,7 +26,7 @@ from prefect.states import State
 from prefect.tasks import Task
 from prefect_ray import RayTaskRunner
 
-from driftloop.settings import TELEMETRY_OFF, get_settings
+from driftloop.core.settings import TELEMETRY_OFF, get_settings
 
 if TYPE_CHECKING:
     from blocks.ray import RayCluster

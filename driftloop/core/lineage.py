@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from driftloop import names
-from driftloop.contracts import DatasetVersion, ResolvedFeatures
-from driftloop.params import TriggerContext
+from driftloop.core import names
+from driftloop.core.contracts import DatasetVersion, ResolvedFeatures
+from driftloop.core.params import TriggerContext
 
 _MAX_TAG = 5000  # MLflow's limit on a tag value is 8000 characters; stay well below.
 

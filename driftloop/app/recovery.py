@@ -12,14 +12,14 @@ deployment's concurrency slot. driftloop closes that gap in three ways:
   (`RunJanitor.crash_zombies`). Marking a run final frees its concurrency slot.
 - Prefect's own zombie detection covers runs on other machines: flow runs send heartbeats and
   a proactive automation crashes a run whose heartbeats stop ("no heartbeat: ...", created by
-  `driftloop.bootstrap`).
+  `driftloop.app.bootstrap`).
 
 A run crashed for one of these reasons was interrupted, not broken, so it is **resumed**: set
 back to ``AwaitingRetry``, as the UI's Retry button does, and the worker runs it again with the
 same parameters. Cached tasks make the rerun cheap. A run is resumed at most `max_resumes`
 times, so work that kills its own process (out of memory) is not retried forever.
 
-The decisions are pure functions (`driftloop.interruptions`); `RunJanitor` applies them
+The decisions are pure functions (`driftloop.core.interruptions`); `RunJanitor` applies them
 through the Prefect API.
 """
 
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from driftloop import names
-from driftloop.interruptions import (
+from driftloop.core import names
+from driftloop.core.interruptions import (
     is_interrupted,
     service_stopped_message,
     should_resume,
@@ -78,7 +78,7 @@ def stop_run_processes(run: FlowRun, log: Log) -> None:
     command line over their environment, so the session finds them where the environment
     (which names the run) cannot.
     """
-    from driftloop.supervisor import processes_with_env, session_members, stop_processes
+    from driftloop.app.supervisor import processes_with_env, session_members, stop_processes
 
     pid = _pid(run)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftloop.params import LOWER_IS_BETTER
+from driftloop.core.params import LOWER_IS_BETTER
 
 
 def degradation_reason(
