@@ -135,7 +135,7 @@ def main() -> int:
 
     from blocks import DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
     from driftloop.app.bootstrap import register_block_types
-    from driftloop.app.demo import DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
+    from driftloop.app.demo import DEMO_ENTITY, DEMO_FEATURE_SERVICE, DEMO_TABLE_PATH
     from driftloop.app.demo.setup import DemoConfig, prepare_demo
     from driftloop.core.params import FeatureSelection
     from driftloop.core.settings import get_settings
@@ -150,8 +150,10 @@ def main() -> int:
             with contextlib.redirect_stdout(io.StringIO()):
                 prepare_demo(settings, DemoConfig(rows_per_batch=args.rows // batches,
                                                   initial_batches=batches))  # fmt: skip
-            DvcDataset(name="churn", repo=str(settings.data_registry_dir), path=DEMO_TABLE_PATH,
-                       label_column="churned").save("bench")  # fmt: skip
+            DvcDataset(
+                name="churn", repo=str(settings.data_registry_dir), path=DEMO_TABLE_PATH,
+                entity_columns=[DEMO_ENTITY], label_column="churned",
+            ).save("bench")  # fmt: skip
             FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save("bench")
             RayCluster().save("default")  # the embedded default: a local Ray per flow run
 

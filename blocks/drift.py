@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, HttpUrl
 
 from blocks._base import DriftloopBlock
 from driftloop.core.errors import BlockConfigurationError
@@ -18,7 +18,7 @@ CategoricalMethod = Literal[
     "chisquare", "z", "jensenshannon", "psi", "kl_div", "hellinger", "TVD", "g_test",
     "fisher_exact",
 ]  # fmt: skip
-_ANY_METHOD = set(NumericMethod.__args__) | set(CategoricalMethod.__args__)
+_ANY_METHOD = set(get_args(NumericMethod)) | set(get_args(CategoricalMethod))
 
 
 class DriftPolicy(DriftloopBlock):
@@ -28,6 +28,10 @@ class DriftPolicy(DriftloopBlock):
     _block_type_name: ClassVar[str] = "driftloop Drift Policy"
     _block_type_slug: ClassVar[str] = "driftloop-drift-policy"
     _description: ClassVar[str] = "How the drift monitor measures drift and when it reports it."
+    _logo_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/evidentlyai.png?size=200")
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl(
+        "https://docs.evidentlyai.com/metrics/preset_data_drift"
+    )
 
     num_method: NumericMethod | None = Field(
         default=None,
@@ -40,7 +44,7 @@ class DriftPolicy(DriftloopBlock):
         "or Jensen-Shannon).",
     )
     per_column_method: dict[str, str] = Field(
-        default_factory=dict, description="Test for specific columns, e.g. {'tenure': 'psi'}."
+        default_factory=dict, description="Test for specific columns, e.g. {'amount': 'psi'}."
     )
     threshold: float | None = Field(
         default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, HttpUrl, field_validator
 
 from blocks._base import DriftloopBlock
 from driftloop.core.contracts import DatasetLocation, TableSchema
@@ -21,6 +21,8 @@ class DvcDataset(DriftloopBlock):
     _block_type_name: ClassVar[str] = "driftloop DVC dataset"
     _block_type_slug: ClassVar[str] = "driftloop-dvc-dataset"
     _description: ClassVar[str] = "Labeled entity table in a DVC data registry."
+    _logo_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/iterative.png?size=200")
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://dvc.org/doc/use-cases/data-registry")
 
     name: str = Field(
         description="Dataset name; events use the resource id driftloop.dataset.<name>.",
@@ -32,11 +34,16 @@ class DvcDataset(DriftloopBlock):
     remote: str | None = Field(
         default=None, description="DVC remote to read from, if not the default."
     )
+    # No default: the join keys are whatever the dataset's Feast entity uses, and a guessed
+    # name would only fail later, inside the feature join, instead of here.
     entity_columns: list[str] = Field(
-        default=["customer_id"], min_length=1, description="Join keys of the Feast entity."
+        min_length=1, description="Join keys of the Feast entity, e.g. ['user_id']."
     )
-    timestamp_column: str = Field(default="event_timestamp")
-    label_column: str = Field(default="label")
+    timestamp_column: str = Field(
+        default="event_timestamp",
+        description="Column with each row's event time; Feast joins features as of this time.",
+    )
+    label_column: str = Field(default="label", description="Column with the training target.")
 
     @field_validator("path")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field
+from pydantic import Field, HttpUrl
 
 from blocks._base import DriftloopBlock
 from driftloop.core.errors import BlockConfigurationError
@@ -21,6 +21,10 @@ class FeastFeatureStore(DriftloopBlock):
     _block_type_name: ClassVar[str] = "driftloop Feast"
     _block_type_slug: ClassVar[str] = "driftloop-feast"
     _description: ClassVar[str] = "Feast feature repo used for training and online scoring."
+    _logo_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/feast-dev.png?size=200")
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl(
+        "https://docs.feast.dev/reference/feature-repository"
+    )
 
     repo_path: str = Field(description="Path of the feature repo (holds feature_store.yaml).")
 

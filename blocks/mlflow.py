@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from blocks._base import DriftloopBlock
 from driftloop.core.errors import BlockConfigurationError
@@ -25,6 +25,8 @@ class MlflowTracking(DriftloopBlock):
     _block_type_name: ClassVar[str] = "driftloop MLflow"
     _block_type_slug: ClassVar[str] = "driftloop-mlflow"
     _description: ClassVar[str] = "MLflow tracking and registry that driftloop logs models to."
+    _logo_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/mlflow.png?size=200")
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl("https://mlflow.org/docs/latest/ml/tracking/")
 
     tracking_uri: str = Field(description="MLflow tracking URI, e.g. http://127.0.0.1:5000.")
     registry_uri: str | None = Field(
@@ -91,8 +93,12 @@ class MlflowTracking(DriftloopBlock):
                 self.experiment_name, artifact_location=self.artifact_location
             )
         except mlflow.exceptions.MlflowException:
-            # Created concurrently by another run.
-            return client.get_experiment_by_name(self.experiment_name).experiment_id
+            # Created concurrently by another run; if it still does not exist, the creation
+            # failed for another reason, which MLflow's error explains.
+            experiment = client.get_experiment_by_name(self.experiment_name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     def monitoring_run(self, kind: str, model_name: str, version: str | None = None) -> str:
         """The id of the run that holds a model's (or one version's) `kind` of monitoring

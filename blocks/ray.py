@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from blocks._base import DriftloopBlock
 from driftloop.core.errors import BlockConfigurationError
@@ -18,6 +18,10 @@ class RayCluster(DriftloopBlock):
     _block_type_name: ClassVar[str] = "driftloop Ray"
     _block_type_slug: ClassVar[str] = "driftloop-ray"
     _description: ClassVar[str] = "Ray cluster that driftloop's flows submit tasks to."
+    _logo_url: ClassVar[HttpUrl] = HttpUrl("https://github.com/ray-project.png?size=200")
+    _documentation_url: ClassVar[HttpUrl] = HttpUrl(
+        "https://docs.ray.io/en/latest/cluster/getting-started.html"
+    )
 
     address: str | None = Field(
         default=None,

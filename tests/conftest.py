@@ -50,7 +50,6 @@ os.environ.update(
 )
 for folder in (ROOT / "home", STATE / "prefect", STATE / "logs"):
     folder.mkdir(parents=True)
-shutil.copytree(PROJECT_ROOT / "feature_repo", ROOT / "feature_repo")
 
 import pytest  # noqa: E402
 
@@ -76,6 +75,14 @@ def prefect_server() -> PrefectServer:
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the session's Prefect server (directly or through another
+    fixture) `integration`; the rest are the unit tier `make test-fast` runs."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -150,6 +157,7 @@ def _prepare_and_save(settings, config, dataset_name: str, prefix: str) -> Demo:
         name=dataset_name,
         repo=str(settings.data_registry_dir),
         path=demo_names.DEMO_TABLE_PATH,
+        entity_columns=[demo_names.DEMO_ENTITY],
         label_column=demo_names.DEMO_LABEL,
     ).save(dataset_block)
     FeastFeatureStore(repo_path=str(settings.feature_repo_dir)).save(feast_block)
@@ -180,6 +188,8 @@ def demo(prefect_server: PrefectServer, ray_session: None) -> Demo:
     from driftloop.app.demo.setup import DemoConfig
     from driftloop.core.settings import get_settings
 
+    # The session's copy of the demo feature repo (DRIFTLOOP_FEATURE_REPO points at it).
+    shutil.copytree(PROJECT_ROOT / "feature_repo", ROOT / "feature_repo")
     config = DemoConfig(rows_per_batch=DEMO_ROWS_PER_BATCH)
     return _prepare_and_save(get_settings(), config, demo_names.DEMO_DATASET, "demo")
 

@@ -31,7 +31,8 @@ def trained(demo, tmp_path_factory):
     """An MLflow store whose champion was trained on good data."""
     mlflow = make_mlflow(tmp_path_factory.mktemp("mlflow"))
     state = train(**demo.train_kwargs(mlflow, rev=demo.tags[0]), return_state=True)
-    assert state.is_completed() and mlflow.champion() == "1"
+    assert state.is_completed()
+    assert mlflow.champion() == "1"
     return mlflow
 
 
@@ -102,7 +103,11 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, demo, trained, good_t
     registry = commit(tmp_path, case.table(good_table))
     block = unique("bad")
     DvcDataset(
-        name="bad", repo=str(registry.repo), path=registry.table_path, label_column="churned"
+        name="bad",
+        repo=str(registry.repo),
+        path=registry.table_path,
+        entity_columns=[demo_names.DEMO_ENTITY],
+        label_column="churned",
     ).save(block)
     versions_before = len(trained.versions())
 
