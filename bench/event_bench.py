@@ -28,13 +28,19 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._harness import free_port, table
 from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.events import EventPage
+    from prefect.events.schemas.events import ReceivedEvent
 
 SCORING = "score-churn-batch"
 MODEL = "churn-model"
@@ -157,18 +163,29 @@ def measure_events(stack: Stack, count: int) -> dict[str, list[float]]:
     return samples
 
 
-def drift_checks_of(http, api: str, version: str) -> list[dict]:
-    """Drift events (detected or checked) about this champion version, oldest first."""
-    body = {
-        "filter": {
-            "event": {"name": ["driftloop.drift.checked", "driftloop.drift.detected"]},
-            "occurred": {"since": "2000-01-01T00:00:00+00:00"},
-        },
-        "limit": 50,
-    }
-    found = http.post(f"{api}/events/filter", json=body).json()["events"]
-    mine = [e for e in found if e["payload"].get("champion_version") == version]
-    return sorted(mine, key=lambda e: e["occurred"])
+def prefect_client(api: str) -> SyncPrefectClient:
+    """Prefect's client for the stack's server (not whatever PREFECT_API_URL names), as
+    patient as `api_client`: its HTTP client is the same and retries a 503 too."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(api, httpx_settings={"timeout": 120})
+
+
+def drift_checks_of(client: SyncPrefectClient, version: str) -> list[dict]:
+    """Drift events (detected or checked) about this champion version, oldest first, as the
+    JSON the API serves. Every page: the first check of a version may be an old event."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+    event_filter = EventFilter(
+        event=EventNameFilter(name=["driftloop.drift.checked", "driftloop.drift.detected"]),
+        occurred=EventOccurredFilter(since=datetime(2000, 1, 1, tzinfo=UTC)),
+    )
+    page: EventPage | None = client.read_events(filter=event_filter, limit=50)
+    mine: list[ReceivedEvent] = []
+    while page is not None:
+        mine += [e for e in page.events if e.payload.get("champion_version") == version]
+        page = page.get_next_page_sync(client)  # read_events_page(next_page); None after the last
+    return [e.model_dump(mode="json") for e in sorted(mine, key=lambda e: e.occurred)]
 
 
 def measure_drift_to_settled(stack: Stack) -> dict[str, float]:
@@ -190,8 +207,8 @@ def measure_drift_to_settled(stack: Stack) -> dict[str, float]:
         time.sleep(0.5)
     champion_at = time.time()
     version = client.get_model_version_by_alias(MODEL, "champion").version
-    with api_client() as http:
-        while not (checks := drift_checks_of(http, stack.api, version)):
+    with prefect_client(stack.api) as client:
+        while not (checks := drift_checks_of(client, version)):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no drift check of v{version} within 15 minutes")
             time.sleep(0.5)

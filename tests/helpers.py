@@ -11,10 +11,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from driftloop.app.supervisor import Component, Supervisor
 from driftloop.core.settings import TELEMETRY_OFF
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.events.filters import EventFilter
+    from prefect.events.schemas.events import ReceivedEvent
 
 PYTHON = sys.executable
 
@@ -69,10 +74,10 @@ class MlflowSetup:
         return self.block.activate()
 
     def champion(self) -> str | None:
-        from driftloop.core import names
-        from tasks.register_model import alias_version
+        from tasks.registry import find_champion
 
-        return alias_version(self.client(), self.model_name, names.ALIAS_CHAMPION)
+        champion = find_champion(self.block)
+        return champion.version if champion else None
 
     def versions(self) -> list[Any]:
         from mlflow.exceptions import MlflowException
@@ -136,25 +141,33 @@ def events(
         time.sleep(0.5)
 
 
-def _events(prefix: str, resource_id: str | None) -> list[Any]:
+def _events(prefix: str, resource_id: str | None) -> list[ReceivedEvent]:
+    """One page (the newest 50) of the events: `events` polls until enough arrived."""
     from prefect.client.orchestration import get_client
-    from prefect.events.filters import (
-        EventFilter,
-        EventNameFilter,
-        EventResourceFilter,
-    )
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     event_filter = EventFilter(event=EventNameFilter(prefix=[prefix]))
     if resource_id:
         event_filter.resource = EventResourceFilter(id=[resource_id])
     with get_client(sync_client=True) as client:
-        response = client.request(
-            "POST", "/events/filter", json={"filter": event_filter.model_dump(mode="json"),
-                                            "limit": 50}
-        )  # fmt: skip
-    from prefect.events.schemas.events import ReceivedEvent
+        return list(client.read_events(filter=event_filter, limit=50).events)
 
-    return [ReceivedEvent.model_validate(e) for e in response.json()["events"]]
+
+def read_all_events(
+    client: SyncPrefectClient, event_filter: EventFilter, page_size: int = 50
+) -> list[ReceivedEvent]:
+    """Every event ``event_filter`` matches (newest first unless it says otherwise), through
+    ``client`` (a `SyncPrefectClient`), following the API's pages of ``page_size`` events.
+
+    `read_events` returns one page and the link to the next; `get_next_page_sync` reads it
+    (`read_events_page`) and returns None after the last.
+    """
+    page = client.read_events(filter=event_filter, limit=page_size)
+    found: list[ReceivedEvent] = []
+    while page is not None:
+        found += page.events
+        page = page.get_next_page_sync(client)
+    return found
 
 
 @contextlib.contextmanager

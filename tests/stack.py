@@ -30,17 +30,19 @@ SCORING = "score-churn-batch"
 def processes_of(home: Path) -> list[str]:
     """Command lines of live processes started for this state folder: their environment
     names it, or (Ray's processes rewrite their environment) they hold files of its Ray."""
+    from driftloop.app.supervisor import processes_using
     from flows.task_runners import ray_temp_path
 
     marker = str(home)
-    ray_dirs = (str(home / "ray"), str(ray_temp_path(home / "ray")))
+    holding_ray_files = set(processes_using((str(home / "ray"), str(ray_temp_path(home / "ray")))))
     found = []
     for process in psutil.process_iter():
         try:
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue
-            ours = process.environ().get("DRIFTLOOP_HOME") == marker or any(
-                f.path.startswith(ray_dirs) for f in process.open_files()
+            ours = (
+                process.environ().get("DRIFTLOOP_HOME") == marker
+                or process.pid in holding_ray_files
             )
             if ours:
                 found.append(" ".join(process.cmdline()))
@@ -157,7 +159,12 @@ class Stack:
         return MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
 
     def champion(self) -> str:
-        return str(self.mlflow().get_model_version_by_alias("churn-model", "champion").version)
+        from driftloop.core import names
+        from tasks.registry import alias_version
+
+        version = alias_version(self.mlflow(), "churn-model", names.ALIAS_CHAMPION)
+        assert version is not None, "the stack has no champion"
+        return version
 
     def flow_runs(self, deployment: str) -> list[dict]:
         """Flow runs of a deployment, oldest first, leaving out those the schedules created
@@ -241,13 +248,24 @@ class Stack:
         return self.wait_until_state(run["id"], FINAL, timeout=timeout)
 
     def events(self, name: str, since: str) -> list[dict]:
-        """Events of this name that occurred since `since` (ISO), oldest first."""
-        body = {
-            "filter": {"event": {"name": [name]}, "occurred": {"since": since}},
-            "limit": 50,
-        }
-        found = self.api("POST", "/events/filter", json=body)["events"]
-        return sorted(found, key=lambda e: e["occurred"])
+        """Events of this name that occurred since `since` (ISO), oldest first, every page of
+        them, as the JSON the API serves (the tests index it as dicts)."""
+        from prefect.client.orchestration import SyncPrefectClient
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+        from tests.helpers import read_all_events
+
+        event_filter = EventFilter(
+            event=EventNameFilter(name=[name]),
+            occurred=EventOccurredFilter(since=datetime.fromisoformat(since)),
+        )
+        # This stack's server, not the tests' session server that get_client() would find;
+        # a fresh client per call and the same patience as `api`.
+        with SyncPrefectClient(
+            f"{self.prefect_url}/api", httpx_settings={"timeout": API_TIMEOUT_S}
+        ) as client:
+            found = read_all_events(client, event_filter)
+        return [e.model_dump(mode="json") for e in sorted(found, key=lambda e: e.occurred)]
 
     def commits(self, count: int) -> list[str]:
         """The newest `count` commits of the data registry, oldest first."""

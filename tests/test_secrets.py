@@ -20,7 +20,7 @@ from flows.batch_scoring import score_batch
 from flows.drift_monitoring import monitor_drift
 from flows.training import train
 from tests.conftest import make_demo
-from tests.helpers import unique
+from tests.helpers import read_all_events, unique
 
 SECRET = f"dl-secret-{uuid.uuid4().hex}"
 
@@ -33,16 +33,13 @@ def _api(method: str, path: str, body: dict | None = None) -> object:
 
 
 def _events_since(since: datetime) -> list[dict]:
-    page = _api("POST", "/events/filter",
-                {"filter": {"occurred": {"since": since.isoformat()}}, "limit": 50})  # fmt: skip
-    found = list(page["events"])
+    """Every event since ``since`` (all pages), as the JSON the API serves, to search as text."""
     from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventOccurredFilter
 
     with get_client(sync_client=True) as client:
-        while page.get("next_page"):
-            page = client._client.get(page["next_page"]).json()
-            found += page["events"]
-    return found
+        found = read_all_events(client, EventFilter(occurred=EventOccurredFilter(since=since)))
+    return [event.model_dump(mode="json") for event in found]
 
 
 @pytest.fixture(scope="module")

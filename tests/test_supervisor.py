@@ -23,6 +23,7 @@ from driftloop.app.supervisor import (
     Supervisor,
     service_processes,
     session_alive,
+    stop_service_processes,
 )
 from tests.conftest import free_port
 
@@ -170,6 +171,39 @@ def test_down_stops_what_a_killed_supervisor_left(tmp_path):
     assert list(run_dir.glob("*.pid")) == []
 
 
+def test_components_die_with_a_supervisor_killed_outright(tmp_path):
+    """The parent-death signal (`die_with_parent`): a component runs in a session of its own,
+    so when its supervisor gets SIGKILL, only the kernel can stop it; it must not live on."""
+    run_dir = tmp_path / "run"
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from driftloop.app.supervisor import Component, Supervisor\n"
+        f"s = Supervisor(Path({str(run_dir)!r}), service_id='svc-pdeath', log=lambda _: None)\n"
+        "s.start(Component('sleeper', [sys.executable, '-c', 'import time; time.sleep(600)'],"
+        f" {{}}, Path({str(tmp_path / 'sleeper.log')!r}), restart=None))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert up.stdout.readline().strip() == "ready"
+    sleeper = int((run_dir / "sleeper.pid").read_text().split()[0])
+    assert session_alive(sleeper)
+    assert os.getsid(sleeper) == sleeper != os.getsid(up.pid)  # out of the supervisor's reach
+    up.kill()
+    up.wait()
+    deadline = time.monotonic() + 10
+    try:
+        while session_alive(sleeper):
+            assert time.monotonic() < deadline, "the component outlived its killed supervisor"
+            time.sleep(0.1)
+    finally:
+        stop_service_processes("svc-pdeath", log=lambda _: None)  # no orphan if it failed
+
+
 def test_a_process_known_only_by_its_files_in_the_state_folder_is_stopped(tmp_path):
     """Ray's helpers rewrite their environment and may sit in a session nobody knows; the
     last sweep finds them by the files they hold open under the state folder's Ray dir."""
@@ -187,6 +221,8 @@ def test_a_process_known_only_by_its_files_in_the_state_folder_is_stopped(tmp_pa
         assert holder.stdout.readline().strip() == "ready"
         assert processes_using((str(ray_dir),)) == [holder.pid]
         assert processes_using((str(tmp_path / "elsewhere"),)) == []
+        # Whole path components: ".../ra" is not a folder above ".../ray/agent.log".
+        assert processes_using((str(tmp_path / "ra"),)) == []
         stop_processes_using((str(ray_dir),), log=lambda _: None)
         holder.wait(timeout=5)
         assert processes_using((str(ray_dir),)) == []

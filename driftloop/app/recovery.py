@@ -84,15 +84,13 @@ def stop_run_processes(run: FlowRun, log: Log) -> None:
 
     def find() -> list[int]:
         found = {p.pid for p in processes_with_env("PREFECT__FLOW_RUN_ID", str(run.id))}
-        if pid is not None and (pid in found or not _pid_exists(pid)):
+        # The session is the run's while its leader is the run's process, or is gone. A live
+        # process with that number that is not the run's got a reused PID: not ours to stop.
+        if pid is not None and (pid in found or not psutil.pid_exists(pid)):
             found.update(session_members(pid))
         return sorted(found)
 
     stop_processes(find, term_signals=1, timeout_s=20.0, name=f"flow run {run.name!r}", log=log)
-
-
-def _pid_exists(pid: int) -> bool:
-    return psutil.pid_exists(pid)
 
 
 def _pid(run: FlowRun) -> int | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -110,18 +111,53 @@ class Component:
         return self.process.pid if self.process else None
 
 
-def _die_with_parent() -> None:
-    """Child-side: get SIGTERM if the supervisor dies without stopping us.
+# From <linux/prctl.h>.
+_PR_SET_PDEATHSIG = 1
 
-    Linux's parent-death signal has no wrapper in the standard library or in psutil, so this
-    is the one place that calls prctl(2) directly.
-    """
-    pr_set_pdeathsig = 1
+
+@functools.cache
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl(2), looked up once in the parent (None where there is none: not Linux)."""
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` after which the child gets ``sig`` when the process starting it dies.
+
+    Why it exists: components run in sessions of their own (so that stopping one reaches all
+    its processes), so when the supervisor is killed with SIGKILL, nothing of it runs to stop
+    them and neither a terminal hang-up nor a process-group signal reaches them: they would
+    live on as orphans. Only the kernel can act at that moment, through Linux's parent-death
+    signal, set by the child itself between fork and exec with prctl(PR_SET_PDEATHSIG).
+
+    Why it calls prctl(2) through ctypes: no library the project depends on wraps it. The
+    standard library's subprocess offers sessions and process groups, not a parent-death
+    signal; psutil reads and signals existing processes but cannot set an attribute of a
+    process about to exec. The packages that wrap it are not dependencies (python-prctl) or
+    carry it as an internal detail of their own (billiard.util, ray._private.utils), each the
+    same ctypes call. So this is the one place that calls it, and tests/test_supervisor.py
+    checks the guarantee by killing a supervisor with SIGKILL.
+
+    What it relies on: the signal follows the *thread* that started the child, so components
+    are started from the thread that lives as long as the supervisor (the main thread).
+    Everything the child runs after fork is resolved here, before fork: looking up libc
+    (dlopen) in the child could deadlock on a lock another thread of the parent held.
+    """
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sig)
+        # The parent died between fork and prctl: the signal will never come, so exit now.
+        if os.getppid() != parent:
+            os._exit(128 + sig)
+
+    return preexec
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -161,10 +197,27 @@ def session_alive(sid: int) -> bool:
     return bool(session_members(sid))
 
 
-def signal_pids(pids: Iterable[int], sig: int) -> None:
+def _processes(pids: Iterable[int]) -> list[psutil.Process]:
+    """Handles on the live processes among ``pids``.
+
+    A handle remembers its process's start time: psutil refuses to signal it once the PID
+    belongs to another process (ours exited and the number was reused)."""
+    found = []
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+        try:
+            process = psutil.Process(pid)
+        except psutil.Error:
+            continue
+        if _alive(process):
+            found.append(process)
+    return found
+
+
+def _send(processes: Iterable[psutil.Process], sig: int) -> None:
+    for process in processes:
+        # Gone (or its PID reused) since it was found, or not ours to signal.
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
 
 
 def processes_with_env(key: str, value: str) -> list[psutil.Process]:
@@ -182,7 +235,7 @@ def processes_with_env(key: str, value: str) -> list[psutil.Process]:
 
 
 def stop_processes(
-    find: Callable[[], list[int]],
+    find: Callable[[], Iterable[int]],
     *,
     term_signals: int,
     timeout_s: float,
@@ -191,28 +244,40 @@ def stop_processes(
     reap: Callable[[], object] = lambda: None,
 ) -> None:
     """SIGTERM what ``find`` returns (as many times as its leader needs), then SIGKILL
-    leftovers. ``reap`` lets a parent collect its exited child, which would otherwise linger
-    as a zombie and look alive."""
+    leftovers. ``reap`` lets a parent collect, through its `subprocess.Popen`, a child that had
+    already exited (it would otherwise linger as a zombie). A child that exits while this
+    waits is collected by `psutil.wait_procs` instead; its Popen then reports code 0, which
+    nothing reads once the process was stopped."""
 
-    def alive() -> list[int]:
+    def alive() -> list[psutil.Process]:
         reap()
-        return find()
+        return _processes(find())
 
-    if not alive():
+    def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+        """Wait until the processes are gone, or the timeout passed; return what is left.
+
+        `psutil.wait_procs` returns as soon as the ones it was given exit; ``find`` runs again
+        every half second anyway, because a stopping process may start others (Ray's workers
+        while its flow run shuts down), and a zombie whose parent does not reap it (which
+        wait_procs cannot tell from a live process) is not alive here."""
+        deadline = time.monotonic() + timeout
+        while processes and (left := deadline - time.monotonic()) > 0:
+            psutil.wait_procs(processes, timeout=min(0.5, left))
+            processes = alive()
+        return processes
+
+    processes = alive()
+    if not processes:
         return
     for attempt in range(term_signals):
-        signal_pids(alive(), signal.SIGTERM)
-        deadline = time.monotonic() + (timeout_s if attempt == term_signals - 1 else 2.0)
-        while time.monotonic() < deadline and alive():
-            time.sleep(0.1)
-        if not alive():
+        _send(processes, signal.SIGTERM)
+        processes = wait_gone(processes, timeout_s if attempt == term_signals - 1 else 2.0)
+        if not processes:
             log(f"  stopped {name}")
             return
     log(f"  {name} did not stop within {timeout_s:.0f}s; killing it")
-    signal_pids(alive(), signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and alive():
-        time.sleep(0.1)
+    _send(processes, signal.SIGKILL)
+    wait_gone(processes, 5.0)
 
 
 def stop_session(
@@ -270,7 +335,9 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads fork here
+                # The child runs only what die_with_parent resolved before fork, so the
+                # threads of this process (its background sweeps) cannot deadlock it.
+                preexec_fn=die_with_parent(),  # noqa: PLW1509
             )
         component.status = Status.STARTING
         component.started_at = time.monotonic()
@@ -466,19 +533,28 @@ def processes_using(dirs: tuple[str, ...]) -> list[int]:
     The last resort for Ray's helpers (e.g. its dashboard agent): they rewrite their command
     line over their environment, and one whose flow run was stopped while Ray was starting
     can end up outside every session the service knows; it still holds its log files in the
-    Ray temp dir under the state folder."""
+    Ray temp dir under the state folder.
+
+    Open files only: a working directory under the state folder (`psutil.Process.cwd`) would
+    also match the user's own shell sitting there, which `driftloop down` must not stop."""
     if not dirs:
         return []
+    roots = tuple(Path(d) for d in dirs)
     found = []
     for process in psutil.process_iter():
         try:
             if process.pid != os.getpid() and any(
-                f.path.startswith(dirs) for f in process.open_files()
+                _under(Path(f.path), roots) for f in process.open_files()
             ):
                 found.append(process.pid)
         except psutil.Error:
             continue
     return found
+
+
+def _under(path: Path, roots: tuple[Path, ...]) -> bool:
+    # By whole path components: a file of ".../ray2" is not under ".../ray".
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def stop_processes_using(dirs: tuple[str, ...], log: Log) -> None:
