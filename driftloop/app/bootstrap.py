@@ -228,3 +228,11 @@ def ensure_notification_automations(block_document_id: UUID, renotify_minutes: i
 
     wanted = notification_automations(block_document_id, timedelta(minutes=renotify_minutes))
     return sum(ensure_automation(automation) for automation in wanted)
+
+
+def ensure_notifications(settings: DriftloopSettings) -> tuple[UUID, int]:
+    """The notification block and the automations that send through it, created or updated
+    on the Prefect server this process talks to (`driftloop up`, `driftloop automations`).
+    Returns the block document's id and how many automations were written."""
+    block_id = ensure_notification_block(settings)
+    return block_id, ensure_notification_automations(block_id, settings.renotify_minutes)

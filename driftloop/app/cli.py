@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from driftloop.core.settings import get_settings, quiet_environment
+from driftloop.core import names
+from driftloop.core.settings import DriftloopSettings, get_settings, quiet_environment
 
 
 def _parse_shift(values: list[str]) -> dict[str, float]:
@@ -19,11 +20,66 @@ def _parse_shift(values: list[str]) -> dict[str, float]:
     return shifts
 
 
+def _new_data_check_hint() -> str:
+    """Which deployment will find an unannounced batch, and when: read from prefect.yaml."""
+    from deployments import find_deployment, schedule_crons
+    from driftloop.app.demo import DEMO_NEW_DATA_DEPLOYMENT
+
+    try:
+        crons = schedule_crons(find_deployment(DEMO_NEW_DATA_DEPLOYMENT))
+    except Exception as exc:  # prefect.yaml is edited by hand; a hint must not fail
+        return f"The new-data check will find it on its next scheduled run ({exc})."
+    when = f" ({', '.join(crons)})" if crons else ""
+    return (
+        f"The {DEMO_NEW_DATA_DEPLOYMENT} deployment will find it on its next scheduled run{when}."
+    )
+
+
+def _apply_automations(settings: DriftloopSettings) -> int:
+    """Create or update the notification block and the automations that send through it, on
+    the Prefect server this process is configured for (PREFECT_API_URL or the active Prefect
+    profile, as for `prefect deploy`). They are not in prefect.yaml: `make deploy` runs this
+    after `prefect deploy --all`. Returns an exit code."""
+    from prefect.settings import get_current_settings
+
+    api_url = get_current_settings().api.url
+    if not api_url:
+        # Without a server Prefect would start a temporary one and the automations would
+        # vanish with it.
+        print(
+            "PREFECT_API_URL is not set: point it at the Prefect server to configure "
+            "(e.g. http://127.0.0.1:4200/api).",
+            file=sys.stderr,
+        )
+        return 1
+    from deployments.notifications import NOTICES
+    from driftloop.app import bootstrap
+
+    try:
+        block_id, written = bootstrap.ensure_notifications(settings)
+    except Exception as exc:  # unreachable server, or DRIFTLOOP_NOTIFY_BLOCK names no block
+        print(
+            f"Could not apply the automations to {api_url}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    block = settings.notify_block or f"{names.NOTIFY_BLOCK} (a webhook to {settings.notify_url})"
+    print(
+        f"Notification automations on {api_url}: {written} created or updated, "
+        f"{len(NOTICES) - written} unchanged; they send through {block} (block {block_id})."
+    )
+    if not settings.notify_block:
+        print(
+            "Set DRIFTLOOP_NOTIFY_BLOCK=<block type slug>/<name> to send through another "
+            "notification block (Slack, e-mail, ...)."
+        )
+    return 0
+
+
 def _announce(revision) -> None:
     """What a post-push hook in a data repo does: tell Prefect a new revision exists. Shares
     the new-data check's once-per-revision claim, so the revision gives one event either way."""
     from blocks.dvc import DvcDataset
-    from driftloop.core import names
     from driftloop.core.dataset_events import announce_revision
 
     try:
@@ -33,12 +89,9 @@ def _announce(revision) -> None:
             by="driftloop add-batch",
         )  # fmt: skip
     except Exception as exc:  # the server may be down; the scheduled check catches up
-        from deployments import DETECT_CHURN_DATA
-
         print(
             f"Could not announce {revision.tag} to Prefect ({type(exc).__name__}: {exc}).\n"
-            f"The {DETECT_CHURN_DATA.name} deployment will find it on its next scheduled run "
-            f"({DETECT_CHURN_DATA.schedules[0].cron})."
+            + _new_data_check_hint()
         )
         return
     if event_id is None:
@@ -57,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the embedded stack and its demo (foreground)")
     up.add_argument("--no-demo", action="store_true", help="start the services only")
     commands.add_parser("down", help="stop processes a killed `up` left behind")
+    commands.add_parser(
+        "automations",
+        help="create or update the notification block and automations on the Prefect server "
+        "at PREFECT_API_URL (`make deploy` runs it after `prefect deploy --all`)",
+    )
 
     batch = commands.add_parser("add-batch", help="add a batch to the demo data registry")
     batch.add_argument("--rows", type=int, default=4000, help="customers in the batch")
@@ -106,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         from driftloop.app.stack import down as run_down
 
         return run_down(settings)
+    if args.command == "automations":
+        return _apply_automations(settings)
     if args.command == "add-batch":
         import os
 

@@ -160,15 +160,14 @@ def deploy_all(settings: DriftloopSettings, env: dict[str, str]) -> None:
 
 def _has_champion() -> bool:
     from blocks.mlflow import MlflowTracking
-    from tasks.register_model import alias_version
+    from tasks.registry import find_champion
 
-    config = MlflowTracking.load_named(names.DEFAULT_BLOCK)
-    client = config.activate()
-    return alias_version(client, config.registered_model_name, names.ALIAS_CHAMPION) is not None
+    return find_champion(MlflowTracking.load_named(names.DEFAULT_BLOCK)) is not None
 
 
 def _training_in_flight(deployment_name: str) -> bool:
-    """A training run of the deployment that is scheduled (a resumed one, say) or running."""
+    """A training run of the deployment (its name in prefect.yaml) that is scheduled (a
+    resumed one, say) or running."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter,
@@ -179,10 +178,9 @@ def _training_in_flight(deployment_name: str) -> bool:
     )
     from prefect.client.schemas.objects import StateType
 
-    deployment = deployment_name.split("/", 1)[-1]
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment_name])),
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(
                     type=FlowRunFilterStateType(
@@ -390,22 +388,26 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         supervisor.start(components["prefect-worker"])
         supervisor.wait_healthy(components["prefect-worker"], 5)
 
-        from deployments import TRAIN_CHURN_MODEL
-
         watch = None
-        if (
-            with_demo
-            and not _has_champion()
-            and not _training_in_flight(TRAIN_CHURN_MODEL.full_name)
-        ):
-            from prefect.deployments import run_deployment
+        if with_demo and not _has_champion():
+            from deployments import DeploymentNotFoundError, find_deployment
+            from driftloop.app import demo
 
-            flow_run = run_deployment(
-                TRAIN_CHURN_MODEL.full_name,
-                timeout=0,
-                parameters={"trigger": {"reason": names.REASON_FIRST_START}},
-            )
-            watch = _TrainingWatch(flow_run.id, settings.prefect_ui_url, log)
+            training = demo.DEMO_TRAINING_DEPLOYMENT
+            try:  # prefect.yaml is edited by hand: say so if the demo's training is not there
+                find_deployment(training)
+            except DeploymentNotFoundError as exc:
+                raise StartupError(f"cannot start the first training: {exc}") from exc
+            if not _training_in_flight(training):
+                from prefect.deployments import run_deployment
+
+                # run_deployment takes `<flow name>/<deployment name>`.
+                flow_run = run_deployment(
+                    f"{names.FLOW_TRAIN}/{training}",
+                    timeout=0,
+                    parameters={"trigger": {"reason": names.REASON_FIRST_START}},
+                )
+                watch = _TrainingWatch(flow_run.id, settings.prefect_ui_url, log)
 
         log(
             f"\ndriftloop is up in {time.monotonic() - started:.0f}s\n"
