@@ -29,7 +29,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # behind a TLS-inspecting proxy the install works without SSL_CERT_FILE in the environment.
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: help install up down test test-fast pytest lint format batch drift bench bench-ray bench-events prefect.yaml deploy worker feast clean distclean
+.PHONY: help install up down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,16 +50,19 @@ up: install ## start Prefect, MLflow, a worker and the demo (foreground; Ctrl-C 
 down: install ## stop anything a killed `make up` left running
 	$(BIN)/driftloop down
 
-test: install ## lint, check prefect.yaml, run the test suite
+test: install ## lint, type-check and run the whole test suite (tests/test_deployments.py checks prefect.yaml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m deployments.render --check
+	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-fast: install ## the inner loop: lint and the tests not marked slow (no whole-stack tests)
+test-fast: install ## the inner loop: lint and the unit tier (no Prefect server, no whole stack)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest -m "not slow" $(ARGS)
+	$(BIN)/pytest -m "not integration and not slow" $(ARGS)
+
+typecheck: install ## mypy over the core, blocks, tasks and flows
+	$(BIN)/mypy
 
 pytest: install ## run only the tests (ARGS="-k name" to select)
 	$(BIN)/pytest $(ARGS)
@@ -87,11 +90,9 @@ bench-ray: install ## Ray benchmark: trials sequential vs on the RayTaskRunner (
 bench-events: install ## event latency: emit -> flow run created / Running / first task; make drift -> champion
 	$(BIN)/python bench/event_bench.py $(ARGS)
 
-prefect.yaml: install ## render prefect.yaml from deployments/
-	$(BIN)/python -m deployments.render
-
-deploy: install ## deploy prefect.yaml to the server at PREFECT_API_URL
+deploy: install ## deploy prefect.yaml and the notification automations to PREFECT_API_URL
 	$(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/driftloop automations
 
 worker: install ## run a process worker on the driftloop work pool (PREFECT_API_URL)
 	$(BIN)/prefect worker start --pool driftloop-process --type process

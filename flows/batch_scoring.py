@@ -8,6 +8,7 @@ find champion -> its features (lineage) -> load the model, check its signature
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow
 
@@ -18,20 +19,24 @@ from driftloop.core import names
 from driftloop.core.contracts import ScoringResult
 from driftloop.core.params import FeatureSelection, ScoringBatch
 from driftloop.core.settings import get_settings
-from flows.task_runners import DriftloopRayTaskRunner
+from tasks.get_champion import get_required_champion
 from tasks.get_online_features import get_online_features
 from tasks.load_champion_model import load_champion_model
-from tasks.load_champion_reference import champion_features, find_champion
+from tasks.load_champion_reference import champion_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.materialize_features import materialize_features
 from tasks.publish_scoring_summary import publish_scoring_summary
 from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
+from tasks.score_entities import score_entities
 from tasks.select_entities import select_entities
-from tasks.write_predictions import score_entities, write_predictions
+from tasks.write_predictions import write_predictions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-@flow(name="score-batch", log_prints=True, task_runner=DriftloopRayTaskRunner())
+@flow(name="score-batch", log_prints=True)
 def score_batch(
     batch: ScoringBatch = ScoringBatch(),
     features: FeatureSelection | None = None,
@@ -57,10 +62,12 @@ def score_batch(
     mlflow_cfg = MlflowTracking.load_named(mlflow_block)
     schema = dataset_cfg.table_schema()
 
-    champion = find_champion(mlflow_cfg)
+    champion = get_required_champion(mlflow_cfg)
     resolved = resolve_features(feast_cfg, features or champion_features(champion, mlflow_cfg))
     model = load_champion_model(champion, mlflow_cfg, resolved)
-    table = None
+    # pandas has no type hints here, so Prefect's overloads would take the task for an async
+    # one and its result for a coroutine.
+    table: pd.DataFrame | None = None
     if not batch.entity_ids:
         dataset = resolve_dataset(dataset_cfg.location())
         table = load_labeled_entities(dataset, schema)

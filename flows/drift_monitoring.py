@@ -24,13 +24,12 @@ from driftloop.core import names
 from driftloop.core.contracts import DriftResult
 from driftloop.core.params import DriftWindow
 from driftloop.core.timewindows import newest_span
-from flows.task_runners import DriftloopRayTaskRunner
 from tasks.announce_drift import announce_drift
 from tasks.check_new_labels import check_new_labels
+from tasks.get_champion import get_required_champion
 from tasks.get_feature_window import get_feature_window
 from tasks.load_champion_reference import (
     champion_features,
-    find_champion,
     load_champion_reference,
 )
 from tasks.log_drift_report import log_drift_report
@@ -42,7 +41,7 @@ from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 
 
-@flow(name="monitor-drift", log_prints=True, task_runner=DriftloopRayTaskRunner())
+@flow(name="monitor-drift", log_prints=True)
 def monitor_drift(
     window: DriftWindow = DriftWindow(),
     drift_block: str = names.DEFAULT_BLOCK,
@@ -71,7 +70,7 @@ def monitor_drift(
     mlflow_cfg = MlflowTracking.load_named(mlflow_block)
     dataset_cfg = DvcDataset.load_named(dataset_block)
 
-    champion = find_champion(mlflow_cfg)
+    champion = get_required_champion(mlflow_cfg)
     reference = newest_span(
         load_champion_reference(champion, mlflow_cfg),
         dataset_cfg.table_schema().timestamp_column, window.days, policy.min_rows,

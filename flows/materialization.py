@@ -13,11 +13,10 @@ from pydantic import Field
 
 from blocks.feast import FeastFeatureStore
 from driftloop.core import names
-from flows.task_runners import DriftloopRayTaskRunner
 from tasks.materialize_features import materialize_features
 
 
-@flow(name="materialize-features", task_runner=DriftloopRayTaskRunner())
+@flow(name="materialize-features")
 def materialize(
     late_data_days: Annotated[
         float,

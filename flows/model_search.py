@@ -8,10 +8,10 @@ it is never left looking like it is running.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
-from prefect.states import Crashed
+from prefect.states import Crashed, State
 
 from blocks.ray import RayCluster
 from driftloop.core.contracts import ResolvedFeatures, TableSchema, TrialOutcome, TrialResult
@@ -35,7 +35,7 @@ def _report_crash(future: PrefectFuture, name: str, message: str) -> None:
     from prefect.context import FlowRunContext
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
-    crashed = Crashed(message=message)
+    crashed: State[Any] = Crashed(message=message)
     with get_client(sync_client=True) as client:
         try:
             client.set_task_run_state(future.task_run_id, crashed, force=True)
@@ -45,7 +45,7 @@ def _report_crash(future: PrefectFuture, name: str, message: str) -> None:
             context = FlowRunContext.get()
             client.create_task_run(
                 task=evaluate_trial,
-                flow_run_id=context.flow_run.id if context else None,
+                flow_run_id=context.flow_run.id if context and context.flow_run else None,
                 dynamic_key=str(future.task_run_id),
                 id=future.task_run_id,
                 name=name,
@@ -53,22 +53,39 @@ def _report_crash(future: PrefectFuture, name: str, message: str) -> None:
             )
 
 
-def _settle(number: int, label: str, spec: dict, future: PrefectFuture) -> TrialOutcome:
+def _settle(
+    number: int, label: str, spec: dict[str, object], future: PrefectFuture
+) -> TrialOutcome:
     future.wait()
     state = future.state
-    outcome = {"number": number, "label": label, "spec": spec,
-               "task_run_id": str(future.task_run_id)}  # fmt: skip
+    # Prefect names every state, after its type when no name is given.
+    state_name = state.name or state.type.value
+    task_run_id = str(future.task_run_id)
     if state.is_completed():
         result: TrialResult = future.result()
         result = result.model_copy(update={"number": number, "label": label})
-        return TrialOutcome(state=state.name, result=result, **outcome)
-    error = state.message or state.name
+        return TrialOutcome(
+            number=number,
+            label=label,
+            spec=spec,
+            task_run_id=task_run_id,
+            state=state_name,
+            result=result,
+        )
+    error = state.message or state_name
     if state.is_crashed():
         _report_crash(
             future, f"trial-{number:02d} {label}", f"Ray could not finish the trial: {error}"
         )
-    get_run_logger().warning("Trial %d (%s) ended %s: %s", number, label, state.name, error)
-    return TrialOutcome(state=state.name, error=error, **outcome)
+    get_run_logger().warning("Trial %d (%s) ended %s: %s", number, label, state_name, error)
+    return TrialOutcome(
+        number=number,
+        label=label,
+        spec=spec,
+        task_run_id=task_run_id,
+        state=state_name,
+        error=error,
+    )
 
 
 def search_models(

@@ -6,7 +6,7 @@ resolve the dataset's newest revision -> does a training cover it? -> count its 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from prefect import flow, get_run_logger
 from pydantic import Field
@@ -18,6 +18,9 @@ from tasks.announce_dataset_update import announce_dataset_update
 from tasks.check_revision_coverage import check_revision_coverage
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.resolve_dataset import resolve_dataset
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @flow(name="detect-new-data")
@@ -52,5 +55,7 @@ def detect_new_data(
     if coverage.covered:
         get_run_logger().info("No new data: %s", coverage.reason)
         return None
-    entities = load_labeled_entities(dataset, dataset_cfg.table_schema())
+    # pandas has no type hints here, so Prefect's overloads would take the task for an async
+    # one and its result for a coroutine.
+    entities: pd.DataFrame = load_labeled_entities(dataset, dataset_cfg.table_schema())
     return announce_dataset_update(dataset_cfg.name, dataset, len(entities), again=coverage.again)

@@ -17,10 +17,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect.cache_policies import CachePolicy
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.settings import get_current_settings
 from prefect.states import State
 from prefect.tasks import Task
@@ -219,8 +219,7 @@ def has_cached_result(task: Task, parameters: dict[str, Any]) -> bool:
     looks it up in the result store (the shared results folder)."""
     from types import SimpleNamespace
 
-    from prefect.context import FlowRunContext
-    from prefect.results import get_result_store
+    from prefect.results import ResultStore, get_result_store
 
     policy = task.cache_policy
     if not isinstance(policy, CachePolicy):
@@ -228,13 +227,20 @@ def has_cached_result(task: Task, parameters: dict[str, Any]) -> bool:
     context = FlowRunContext.get()
     try:
         key = policy.compute_key(
-            task_ctx=SimpleNamespace(task=task),
+            # No task run exists yet; driftloop's policies read only `task_ctx.task`, and one
+            # that needs the run (RUN_ID) fails here and counts as a miss.
+            task_ctx=cast(TaskRunContext, SimpleNamespace(task=task)),
             inputs=parameters,
-            flow_parameters=context.parameters if context else {},
+            # As Prefect's task engine does: no flow, or a flow without parameters, is {}.
+            flow_parameters=(context.parameters if context else None) or {},
         )
     except Exception:
         return False
-    return bool(key) and get_result_store().update_for_task(task).exists(key)
+    if not key:
+        return False
+    # `update_for_task` returns a coroutine only in async code; flows submit from sync code.
+    store = cast(ResultStore, get_result_store().update_for_task(task))
+    return store.exists(key)
 
 
 def submit_unless_cached(

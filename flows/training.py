@@ -50,8 +50,10 @@ from tasks.announce_retraining_skipped import announce_retraining_skipped
 from tasks.check_champion_performance import check_champion_performance
 from tasks.cover_older_revisions import cover_older_revisions
 from tasks.decide_promotion import decide_promotion
-from tasks.evaluate_champion import evaluate_champion, get_champion
+from tasks.evaluate_champion import evaluate_champion
 from tasks.evaluate_model import evaluate_model
+from tasks.fit_model import fit_model
+from tasks.get_champion import get_champion
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.log_to_mlflow import log_to_mlflow
@@ -65,7 +67,6 @@ from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 from tasks.select_gate_rows import select_gate_rows
 from tasks.split_holdout import split_holdout, with_holdout
-from tasks.train_model import train_model
 from tasks.validate_training_data import validate_training_data
 
 
@@ -74,7 +75,7 @@ def _skipped(
     trigger: TriggerContext,
     mlflow_cfg: MlflowTracking,
     champion: ModelVersionRef | None,
-) -> State:
+) -> State[TrainingResult]:
     """The run's final state when it decides not to train: Completed, named Skipped. A
     retraining a signal asked for, on data already trained, is announced for a person."""
     if plan.existing_version and trigger.reason in names.SIGNAL_REASONS:
@@ -101,6 +102,8 @@ def _skipped(
     return Completed(name=names.STATE_SKIPPED, message=message, data=result)
 
 
+# The flow returns its final state (Completed, or Completed named Skipped) to set the run's
+# name and message; Prefect unwraps it, so a caller of the flow gets the TrainingResult.
 @flow(name=names.FLOW_TRAIN, log_prints=True, task_runner=DriftloopRayTaskRunner())
 def train(
     features: FeatureSelection,
@@ -116,7 +119,7 @@ def train(
     feast_block: str = names.DEFAULT_BLOCK,
     mlflow_block: str = names.DEFAULT_BLOCK,
     ray_block: str = names.DEFAULT_BLOCK,
-) -> TrainingResult:
+) -> State[TrainingResult]:
     """Train a model on a DVC dataset revision with Feast features and promote it in MLflow
     only if it beats the current champion on the same holdout.
 
@@ -167,6 +170,9 @@ def train(
     plan = check_already_trained(plan, resolved, config, mlflow_cfg)
     if plan.skip:
         return _skipped(plan, trigger, mlflow_cfg, get_champion(mlflow_cfg))
+    if plan.fingerprint is None:
+        # The version registered below carries it: without it, reruns would train again.
+        raise RuntimeError("check-already-trained returned a plan without a fingerprint")
     dataset = plan.dataset
     entities = load_labeled_entities(dataset, schema)
     frame = get_historical_features(entities, dataset, resolved, schema, feast_cfg, quality)
@@ -187,7 +193,7 @@ def train(
     def fit(rows):
         """The chosen spec fit on these rows, on Ray (or from the cache)."""
         return submit_unless_cached(
-            train_model,
+            fit_model,
             {"train": rows, "features": resolved, "schema": schema, "spec": model,
              "random_state": random_state},
         ).result()  # fmt: skip
@@ -226,7 +232,7 @@ def train(
         promote_model(decision, mlflow_cfg)
         announce_decision(decision, mlflow_cfg)
 
-    champion_now = version.version if decision.promote else (champion and champion.version)
+    champion_now = version.version if decision.promote else (champion.version if champion else None)
     outcome = "Promoted" if decision.promote else "Kept champion"
     logger.info("%s v%s: %s", outcome, version.version, decision.reason)
     result = TrainingResult(

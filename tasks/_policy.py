@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.exceptions import HashError
 from prefect.utilities.hashing import hash_objects
 
 from driftloop.core.errors import retry_unless_bad_input
@@ -47,8 +48,17 @@ def content_hash(value: Any) -> str:
         digest.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
         return digest.hexdigest()
     if isinstance(value, (tuple, list)):
-        return hash_objects(*(content_hash(v) for v in value), raise_on_failure=True)
-    return hash_objects(value, raise_on_failure=True)
+        return _hash(*(content_hash(v) for v in value))
+    return _hash(value)
+
+
+def _hash(*values: Any) -> str:
+    digest = hash_objects(*values, raise_on_failure=True)
+    # With raise_on_failure Prefect raises HashError instead of returning None; its return
+    # type covers the default mode too.
+    if digest is None:
+        raise HashError(f"Prefect returned no hash for {len(values)} value(s)")
+    return digest
 
 
 def _lookup(parameters: dict[str, Any], name: str) -> Any:
@@ -68,7 +78,7 @@ def by_content(*names: str) -> CachePolicy:
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         values = (content_hash(_lookup(parameters, n)) for n in names)
-        return hash_objects(*values, raise_on_failure=True)
+        return _hash(*values)
 
     return CacheKeyFnPolicy(cache_key_fn=key) + TASK_SOURCE
 

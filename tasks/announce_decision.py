@@ -53,7 +53,7 @@ def find_decision_event(
 
 
 @task(name="announce-decision", cache_policy=UNCACHED, **IN_TRANSACTION)
-def announce_decision(decision: PromotionDecision, mlflow: MlflowTracking) -> str:
+def announce_decision(decision: PromotionDecision, tracking: MlflowTracking) -> str:
     """Emit `driftloop.model.promoted` (automations start scoring from it, and notify) or
     `driftloop.model.rejected` (a person is told why), wait until the server stored it; a
     promotion is then recorded as "promoted". Returns the event's id.
@@ -83,7 +83,7 @@ def announce_decision(decision: PromotionDecision, mlflow: MlflowTracking) -> st
     else:
         logger.info("%r v%s was announced already (event %s)", name, version, event_id)
     if decision.promote:
-        client = mlflow.activate()
+        client = tracking.activate()
         client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_PROMOTED)
         if decision.challenger.run_id:
             client.set_tag(decision.challenger.run_id, names.TAG_DECISION, names.DECISION_PROMOTED)

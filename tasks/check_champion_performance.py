@@ -40,7 +40,7 @@ def check_champion_performance(
     features: ResolvedFeatures,
     schema: TableSchema,
     policy: PromotionPolicy,
-    mlflow: MlflowTracking,
+    tracking: MlflowTracking,
 ) -> PerformanceCheck | None:
     """Score the champion on the rows newer than its data (concept drift shows here, where
     feature drift may not), add the score to the model's monitoring run in MLflow (one point
@@ -56,17 +56,17 @@ def check_champion_performance(
             "Performance: %d new labeled rows, too few to judge the champion", len(new_rows)
         )
         return None
-    evaluation = evaluate_champion.fn(champion, new_rows, features, schema, mlflow)
+    evaluation = evaluate_champion.fn(champion, new_rows, features, schema, tracking)
     if evaluation.metrics is None:
         logger.warning("Performance: %s", evaluation.not_comparable_reason)
         return None
-    client = mlflow.activate()
+    client = tracking.activate()
     metric = policy.metric
     score = evaluation.metrics.score(metric)
     baseline = client.get_run(champion.run_id).data.metrics.get(metric) if champion.run_id else None
     degraded = degradation_reason(metric, score, baseline, policy.floor, policy.max_degradation)
 
-    run_id = mlflow.monitoring_run(names.MONITOR_PERFORMANCE, champion.name)
+    run_id = tracking.monitoring_run(names.MONITOR_PERFORMANCE, champion.name)
     step = len(client.get_metric_history(run_id, f"live_{metric}"))
     client.log_metric(run_id, f"live_{metric}", score, step=step)
     client.log_metric(run_id, "live_rows", len(new_rows), step=step)
@@ -86,7 +86,7 @@ def check_champion_performance(
             **check.model_dump(mode="json"),
             names.PAYLOAD_REV: dataset.commit,
             # The monitoring run: its chart of the champion's score, one point per batch.
-            names.PAYLOAD_MLFLOW_URL: mlflow.run_url(mlflow.experiment_id(), run_id),
+            names.PAYLOAD_MLFLOW_URL: tracking.run_url(tracking.experiment_id(), run_id),
         },
     )
     if event is None:

@@ -13,11 +13,11 @@ from tasks._policy import IO_RETRIES, UNCACHED
 
 @task(name="check-new-labels", cache_policy=UNCACHED, **IO_RETRIES)
 def check_new_labels(
-    champion: ModelVersionRef, newest: DatasetVersion, mlflow: MlflowTracking
+    champion: ModelVersionRef, newest: DatasetVersion, tracking: MlflowTracking
 ) -> LabelStatus:
     """Has any version been trained on the dataset's newest revision (resolved now)? If so,
     drift cannot be retrained away: a retraining would find that version and stop."""
-    client = mlflow.activate()
+    client = tracking.activate()
     found = client.search_model_versions(
         f"name='{champion.name}' and tags.`{names.TAG_DVC_MD5}` = '{newest.md5}'"
     )

@@ -6,7 +6,8 @@ from prefect import get_run_logger, task
 
 from driftloop.core import names
 from driftloop.core.contracts import ChampionEvaluation, Metrics, ModelVersionRef, PromotionDecision
-from driftloop.core.params import LOWER_IS_BETTER, PromotionPolicy
+from driftloop.core.metric_direction import bar_name, clears, improvement
+from driftloop.core.params import PromotionPolicy
 from tasks._policy import NO_RETRIES, UNCACHED
 
 
@@ -18,7 +19,6 @@ def gate(
 ) -> PromotionDecision:
     """Promote only a challenger that clears the floor and beats the champion by the margin."""
     metric = policy.metric
-    lower_better = metric in LOWER_IS_BETTER
     score = metrics.score(metric)
 
     def decision(promote: bool, reason: str) -> PromotionDecision:
@@ -32,9 +32,8 @@ def gate(
             champion_metrics=champion.metrics,
         )
 
-    clears = score <= policy.floor if lower_better else score >= policy.floor
-    bar = "ceiling" if lower_better else "floor"
-    if not clears:
+    bar = bar_name(metric)
+    if not clears(metric, score, policy.floor):
         return decision(False, f"{metric} {score:.4f} does not clear the {bar} {policy.floor}")
     current = champion.champion
     if current is not None and current.version == challenger.version:
@@ -63,9 +62,9 @@ def gate(
     if champion.metrics is None:
         return decision(False, f"not comparable: {champion.not_comparable_reason}")
     best = champion.metrics.score(metric)
-    gain = best - score if lower_better else score - best
+    gain = improvement(metric, score, over=best)
     verdict = (
-        f"{metric} {score:.4f} vs champion v{champion.champion.version} {best:.4f} "
+        f"{metric} {score:.4f} vs champion v{current.version} {best:.4f} "
         f"(gain {gain:+.4f}, required {policy.min_improvement})"
     )
     return decision(gain > 0 and gain >= policy.min_improvement, verdict)

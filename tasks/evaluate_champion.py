@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from blocks.mlflow import MlflowTracking
-from driftloop.core import names
 from driftloop.core.contracts import (
     ChampionEvaluation,
     ModelVersionRef,
@@ -15,32 +14,10 @@ from driftloop.core.contracts import (
     TableSchema,
 )
 from driftloop.core.modeling import feature_matrix, positive_proba, score_probabilities
-from tasks._policy import IN_TRANSACTION, UNCACHED, by_content
-from tasks.register_model import alias_version
+from tasks._policy import IN_TRANSACTION, by_content
 
 if TYPE_CHECKING:
     import pandas as pd
-
-
-@task(name="get-champion", cache_policy=UNCACHED, **IN_TRANSACTION)
-def get_champion(mlflow: MlflowTracking) -> ModelVersionRef | None:
-    """The version the `champion` alias points to now (with its decision tags), or None
-    before the first promotion."""
-    client = mlflow.activate()
-    name = mlflow.registered_model_name
-    version = alias_version(client, name, names.ALIAS_CHAMPION)
-    if version is None:
-        return None
-    found = client.get_model_version(name, version)
-    return ModelVersionRef(
-        name=name,
-        version=version,
-        run_id=found.run_id,
-        url=mlflow.model_version_url(version),
-        decision=found.tags.get(names.TAG_DECISION),
-        compared_to=found.tags.get(names.TAG_COMPARED_TO),
-        fitted_until=found.tags.get(names.TAG_FITTED_UNTIL),
-    )
 
 
 @task(
@@ -54,19 +31,19 @@ def evaluate_champion(
     holdout: pd.DataFrame,
     features: ResolvedFeatures,
     schema: TableSchema,
-    mlflow: MlflowTracking,
+    tracking: MlflowTracking,
 ) -> ChampionEvaluation:
     """Score the champion on exactly the rows the challenger was judged on.
 
     If the champion needs inputs this holdout does not have (its features changed), it cannot
     be compared; the evaluation says why instead of guessing.
     """
-    import mlflow as mlflow_lib
+    import mlflow
 
     if champion is None:
         return ChampionEvaluation(champion=None)
-    mlflow.activate()
-    model = mlflow_lib.pyfunc.load_model(champion.uri)
+    tracking.activate()
+    model = mlflow.pyfunc.load_model(champion.uri)
     schema_in = model.metadata.get_input_schema()
     needed = schema_in.input_names() if schema_in else features.names
     missing = [c for c in needed if c not in holdout.columns]

@@ -11,6 +11,7 @@ from prefect.states import Completed, State
 from driftloop.core.contracts import Metrics, ResolvedFeatures, TableSchema, TrialResult
 from driftloop.core.modeling import build_pipeline, feature_matrix, score_probabilities
 from driftloop.core.params import Metric, ModelSpec
+from driftloop.core.timewindows import split_by_time
 from tasks._policy import NO_RETRIES, by_content
 
 if TYPE_CHECKING:
@@ -28,18 +29,9 @@ def _attempt() -> int:
         import ray
 
         worker = ray._private.worker.global_worker
-        return int(worker.core_worker.get_current_task_attempt_number()) + 1
+        return int(worker.core_worker.get_current_task_attempt_number()) + 1  # type: ignore[attr-defined]
     except Exception:
         return 1
-
-
-def validation_split(
-    train: pd.DataFrame, schema: TableSchema, fraction: float
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The newest `fraction` of the training rows (by timestamp) validate the trial."""
-    ordered = train.sort_values([schema.timestamp_column, *schema.entity_columns], kind="stable")
-    cut = int(len(ordered) * (1 - fraction))
-    return ordered.iloc[:cut], ordered.iloc[cut:]
 
 
 def fit_and_score(
@@ -51,7 +43,9 @@ def fit_and_score(
     random_state: int,
 ) -> Metrics:
     """The computation of a trial, without any orchestration."""
-    fit_rows, validation = validation_split(train, schema, validation_fraction)
+    fit_rows, validation = split_by_time(
+        train, schema.timestamp_column, validation_fraction, schema.entity_columns
+    )
     columns = list(features.columns)
     model = build_pipeline(spec, columns, random_state)
     model.fit(feature_matrix(fit_rows, columns), fit_rows[schema.label_column])

@@ -17,12 +17,12 @@ if TYPE_CHECKING:
 
 
 @task(
-    name="train-model",
+    name="fit-model",
     cache_policy=by_content("train", "features", "schema", "spec", "random_state"),
     persist_result=True,
     **NO_RETRIES,
 )
-def train_model(
+def fit_model(
     train: pd.DataFrame,
     features: ResolvedFeatures,
     schema: TableSchema,

@@ -35,14 +35,14 @@ def check_signature(model: Any, champion: ModelVersionRef, features: ResolvedFea
 
 @task(name="load-champion-model", cache_policy=UNCACHED, **IO_RETRIES)
 def load_champion_model(
-    champion: ModelVersionRef, mlflow: MlflowTracking, features: ResolvedFeatures
+    champion: ModelVersionRef, tracking: MlflowTracking, features: ResolvedFeatures
 ) -> Any:
     """Load `models:/<name>@champion` (pinned to the version found) and check its signature
     against the features it will be scored on."""
-    import mlflow as mlflow_lib
+    import mlflow
 
-    mlflow.activate()
-    model = mlflow_lib.pyfunc.load_model(champion.uri)
+    tracking.activate()
+    model = mlflow.pyfunc.load_model(champion.uri)
     check_signature(model, champion, features)
     get_run_logger().info("Loaded %s v%s (%s)", champion.name, champion.version, champion.uri)
     return model

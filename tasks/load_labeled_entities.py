@@ -30,7 +30,7 @@ def load_labeled_entities(dataset: DatasetVersion, schema: TableSchema) -> pd.Da
     """
     import dvc.api
     import pandas as pd
-    from dvc.exceptions import DvcException
+    from dvc.exceptions import FileMissingError, PathMissingError
 
     loc = dataset.location
     where = f"{loc.path!r} at commit {dataset.commit[:8]} of {loc.repo!r}"
@@ -39,15 +39,18 @@ def load_labeled_entities(dataset: DatasetVersion, schema: TableSchema) -> pd.Da
             loc.path, repo=loc.repo, rev=dataset.commit, remote=loc.remote, mode="rb"
         ) as handle:
             raw = handle.read()
-    except FileNotFoundError as exc:
-        raise DatasetNotFoundError(f"{where} could not be found: {exc}") from exc
-    except DvcException as exc:
-        if "missing" in str(exc).lower():
-            raise DatasetNotFoundError(
-                f"The data of {where} is in neither the DVC cache nor the remote (was it "
-                f"pushed?): {exc}"
-            ) from exc
-        raise
+    except (FileNotFoundError, PathMissingError) as exc:
+        # DVC also says a tracked path is missing when its data is in neither the cache nor
+        # the remote: name both causes.
+        raise DatasetNotFoundError(
+            f"{where} could not be found (not at that commit, or its data was never pushed to "
+            f"the DVC remote): {exc}"
+        ) from exc
+    except FileMissingError as exc:
+        raise DatasetNotFoundError(
+            f"The data of {where} is in neither the DVC cache nor the remote (was it "
+            f"pushed?): {exc}"
+        ) from exc
     try:
         frame = pd.read_parquet(io.BytesIO(raw))
     except Exception as exc:  # pyarrow raises several types for corrupt files

@@ -14,14 +14,14 @@ from tasks._policy import IO_RETRIES, UNCACHED
 
 
 @task(name="log-drift-report", cache_policy=UNCACHED, **IO_RETRIES)
-def log_drift_report(result: DriftResult, report: Path, mlflow: MlflowTracking) -> dict[str, str]:
+def log_drift_report(result: DriftResult, report: Path, tracking: MlflowTracking) -> dict[str, str]:
     """Log the drift check as an MLflow run in the model's experiment: the HTML report as an
     artifact, the drift share and per-column scores as metrics. Returns the run's id and the
     report's URL."""
-    import mlflow as mlflow_lib
+    import mlflow
 
-    mlflow.activate()
-    experiment_id = mlflow.experiment_id()
+    tracking.activate()
+    experiment_id = tracking.experiment_id()
     flow_run_id, flow_run_url = current_flow_run()
     tags = {
         names.TAG_MODEL_NAME: result.model_name,
@@ -33,8 +33,8 @@ def log_drift_report(result: DriftResult, report: Path, mlflow: MlflowTracking) 
     if flow_run_url:
         tags[names.TAG_FLOW_RUN_URL] = flow_run_url
     run_name = f"{names.DRIFT_RUN_PREFIX}-v{result.champion_version}"
-    with mlflow_lib.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow_lib.log_params(
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params(
             {"window_start": result.window_start, "window_end": result.window_end,
              "drift_share_threshold": result.drift_share_threshold,
              "reference_rows": result.reference_rows, "current_rows": result.current_rows}
@@ -45,8 +45,8 @@ def log_drift_report(result: DriftResult, report: Path, mlflow: MlflowTracking) 
             metrics["prediction_drift_score"] = result.prediction.score
             metrics["prediction_mean.reference"] = result.prediction.reference_mean
             metrics["prediction_mean.current"] = result.prediction.current_mean
-        mlflow_lib.log_metrics(metrics)
-        mlflow_lib.log_artifact(str(report), str(Path(names.DRIFT_REPORT_ARTIFACT).parent))
-    run_url = mlflow.run_url(experiment_id, run.info.run_id)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifact(str(report), str(Path(names.DRIFT_REPORT_ARTIFACT).parent))
+    run_url = tracking.run_url(experiment_id, run.info.run_id)
     report_url = f"{run_url}/artifacts/{names.DRIFT_REPORT_ARTIFACT}" if run_url else ""
     return {"run_id": run.info.run_id, "run_url": run_url or "", "report_url": report_url}

@@ -56,7 +56,7 @@ def reference_sample(
     # trigger is left out on purpose: the same data retrained for another reason is the same
     # model.
     cache_policy=by_content(
-        "mlflow",
+        "tracking",
         "dataset",
         "features",
         "schema",
@@ -72,7 +72,7 @@ def reference_sample(
 def log_to_mlflow(
     model: Pipeline,
     train: pd.DataFrame,
-    mlflow: MlflowTracking,
+    tracking: MlflowTracking,
     dataset: DatasetVersion,
     features: ResolvedFeatures,
     schema: TableSchema,
@@ -88,7 +88,11 @@ def log_to_mlflow(
     `train` is what the model was fit on (training plus holdout rows after a refit);
     `metrics` are the holdout's verdict on the fit that had not seen it, `refit_metrics` the
     refit's in-sample scores (logged as `refit_in_sample_<metric>`)."""
-    import mlflow as mlflow_lib
+    import mlflow
+
+    # `mlflow.data.from_pandas` is attached to the package at import time, out of sight of
+    # type checkers; this is the module that defines it.
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     logger = get_run_logger()
@@ -96,16 +100,16 @@ def log_to_mlflow(
     # infer requirements; ours are explicit, so skip it unless the user asked for it.
     os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
     os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
-    experiment_id = mlflow.experiment_id()
+    experiment_id = tracking.experiment_id()
     tags = lineage_tags(dataset, features, trigger)
     columns = list(features.columns)
     matrix = feature_matrix(train, columns)
-    with mlflow_lib.start_run(
+    with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=f"train-{dataset.commit[:8]}-{spec.family}",
         tags=tags,
     ) as run:
-        mlflow_lib.log_params(
+        mlflow.log_params(
             {
                 **spec_params(spec),
                 "model.random_state": random_state,
@@ -116,9 +120,9 @@ def log_to_mlflow(
                 "features.count": len(columns),
             }
         )
-        mlflow_lib.log_metrics(metrics.as_dict())
+        mlflow.log_metrics(metrics.as_dict())
         if refit_metrics is not None:
-            mlflow_lib.log_metrics(
+            mlflow.log_metrics(
                 {f"refit_in_sample_{k}": v for k, v in refit_metrics.as_dict().items()}
             )
         sample = reference_sample(train, features, schema, REFERENCE_SAMPLE_ROWS)
@@ -126,16 +130,16 @@ def log_to_mlflow(
             # MLflow's hint about integer columns concerns model signatures; this is the
             # dataset's metadata (the model's signature is all floats, see feature_matrix).
             warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-            dataset_input = mlflow_lib.data.from_pandas(
+            dataset_input = from_pandas(
                 sample,
                 name=f"{Path(dataset.location.path).stem}@{dataset.commit[:8]}",
                 digest=dataset.md5[:16],
                 targets=schema.label_column,
             )
-            mlflow_lib.log_input(dataset_input, context="training")
+            mlflow.log_input(dataset_input, context="training")
         example = matrix.dropna().head(5) if matrix.notna().all(axis=1).any() else matrix.head(5)
         signature = infer_signature(example, model.predict_proba(example))
-        info = mlflow_lib.sklearn.log_model(
+        info = mlflow.sklearn.log_model(
             model,
             name=names.MODEL_ARTIFACT,
             signature=signature,
@@ -148,8 +152,8 @@ def log_to_mlflow(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / Path(names.REFERENCE_SAMPLE_ARTIFACT).name
             sample.to_parquet(path, index=False)
-            mlflow_lib.log_artifact(str(path), str(Path(names.REFERENCE_SAMPLE_ARTIFACT).parent))
-    url = mlflow.run_url(experiment_id, run.info.run_id)
+            mlflow.log_artifact(str(path), str(Path(names.REFERENCE_SAMPLE_ARTIFACT).parent))
+    url = tracking.run_url(experiment_id, run.info.run_id)
     logger.info("Logged MLflow run %s%s", run.info.run_id, f" ({url})" if url else "")
     return LoggedRun(
         run_id=run.info.run_id, experiment_id=experiment_id, model_uri=info.model_uri, run_url=url

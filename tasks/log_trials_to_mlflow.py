@@ -17,14 +17,14 @@ from tasks._policy import IO_RETRIES, by_content
     **IO_RETRIES,
 )
 def log_trials_to_mlflow(
-    run: LoggedRun, outcomes: list[TrialOutcome], mlflow: MlflowTracking
+    run: LoggedRun, outcomes: list[TrialOutcome], tracking: MlflowTracking
 ) -> int:
     """One child run per trial (params, validation metrics, node, state). Idempotent: a retry
     skips trials already logged under this parent."""
     from mlflow.entities import Metric, Param, RunStatus
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-    client = mlflow.activate()
+    client = tracking.activate()
     existing = client.search_runs(
         [run.experiment_id], filter_string=f"tags.{MLFLOW_PARENT_RUN_ID} = '{run.run_id}'"
     )

@@ -21,7 +21,7 @@ def column_results(snapshot) -> tuple[float, list[ColumnDrift]]:
     """Per-column scores and verdicts from an Evidently 0.7 snapshot (metrics + tests)."""
     data = snapshot.dict()
     share = 0.0
-    scores: dict[str, tuple[str, float, float]] = {}
+    scores: dict[str, tuple[str, str, float]] = {}
     for metric in data["metrics"]:
         config = metric["config"]
         kind = config.get("type", "")

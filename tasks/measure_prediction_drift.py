@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from blocks.drift import DriftPolicy
 from blocks.mlflow import MlflowTracking
+from driftloop.core import names
 from driftloop.core.contracts import ModelVersionRef, PredictionDrift, ResolvedFeatures
 from driftloop.core.modeling import feature_matrix, positive_proba
 from tasks._policy import NO_RETRIES, UNCACHED
@@ -17,8 +18,6 @@ from tasks.measure_drift import run_drift_preset
 if TYPE_CHECKING:
     import pandas as pd
 
-SCORE_COLUMN = "predicted_probability"
-
 
 @task(name="measure-prediction-drift", cache_policy=UNCACHED, **NO_RETRIES)
 def measure_prediction_drift(
@@ -27,7 +26,7 @@ def measure_prediction_drift(
     current: pd.DataFrame,
     features: ResolvedFeatures,
     policy: DriftPolicy,
-    mlflow: MlflowTracking,
+    tracking: MlflowTracking,
 ) -> PredictionDrift:
     """Score the reference (the newest span of what the champion was fit on, its holdout
     included) and the current window with the champion, and test the two score
@@ -38,25 +37,29 @@ def measure_prediction_drift(
     """
     import pandas as pd
 
-    model = load_champion_model.fn(champion, mlflow, features)
+    model = load_champion_model.fn(champion, tracking, features)
     scored = {
         side: pd.DataFrame(
-            {SCORE_COLUMN: positive_proba(model.predict(feature_matrix(frame, features.columns)))}
+            {
+                names.SCORE_COLUMN: positive_proba(
+                    model.predict(feature_matrix(frame, features.columns))
+                )
+            }
         )
         for side, frame in (("reference", reference), ("current", current))
     }
     # Only the policy's method and threshold for numerics: per-column settings name features.
     kwargs = {k: v for k, v in policy.preset_kwargs().items() if k in ("num_method", "threshold")}
     _, (column,), _ = run_drift_preset(
-        scored["reference"], scored["current"], [SCORE_COLUMN], [], kwargs
+        scored["reference"], scored["current"], [names.SCORE_COLUMN], [], kwargs
     )
     drift = PredictionDrift(
         method=column.method,
         score=column.score,
         threshold=column.threshold,
         drifted=column.drifted,
-        reference_mean=float(scored["reference"][SCORE_COLUMN].mean()),
-        current_mean=float(scored["current"][SCORE_COLUMN].mean()),
+        reference_mean=float(scored["reference"][names.SCORE_COLUMN].mean()),
+        current_mean=float(scored["current"][names.SCORE_COLUMN].mean()),
     )
     get_run_logger().info(
         "Prediction drift: %s %.4g (threshold %g), mean score %.3f -> %.3f",

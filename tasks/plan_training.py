@@ -21,9 +21,11 @@ from tasks._policy import IO_RETRIES, UNCACHED
 TRAINING_CODE = (
     "driftloop.core.modeling",
     "driftloop.core.search",
+    "driftloop.core.metric_direction",
+    "driftloop.core.timewindows",
     "tasks.split_holdout",
     "tasks.evaluate_trial",
-    "tasks.train_model",
+    "tasks.fit_model",
     "tasks.get_historical_features",
 )
 
@@ -36,10 +38,10 @@ def code_fingerprint(modules: tuple[str, ...] = TRAINING_CODE) -> str:
     return digest.hexdigest()
 
 
-def find_version(mlflow: MlflowTracking, fingerprint: str) -> tuple[str | None, str | None]:
+def find_version(tracking: MlflowTracking, fingerprint: str) -> tuple[str | None, str | None]:
     """The newest registered version with this training fingerprint, and its decision."""
-    client = mlflow.activate()
-    name = mlflow.registered_model_name
+    client = tracking.activate()
+    name = tracking.registered_model_name
     found = client.search_model_versions(
         f"name='{name}' and tags.`{names.TAG_TRAINING_FINGERPRINT}` = '{fingerprint}'"
     )
@@ -86,14 +88,14 @@ def check_already_trained(
     plan: TrainingPlan,
     features: ResolvedFeatures,
     config: dict[str, Any],
-    mlflow: MlflowTracking,
+    tracking: MlflowTracking,
 ) -> TrainingPlan:
     """No second version for the same fingerprint: data, features, configuration and code."""
     dataset = plan.dataset
     code = code_fingerprint()
     fingerprint = training_fingerprint(dataset.md5, features.fingerprint, config, code)
-    version, decision = find_version(mlflow, fingerprint)
-    skip = skip_reason(mlflow.registered_model_name, version, decision, dataset)
+    version, decision = find_version(tracking, fingerprint)
+    skip = skip_reason(tracking.registered_model_name, version, decision, dataset)
     get_run_logger().info(
         "Plan: %s", skip or f"train on {dataset.short} (fingerprint {fingerprint[:12]})"
     )

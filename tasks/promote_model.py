@@ -9,7 +9,7 @@ from blocks.mlflow import MlflowTracking
 from driftloop.core import names
 from driftloop.core.contracts import PromotionDecision
 from tasks._policy import IN_TRANSACTION, UNCACHED
-from tasks.register_model import alias_version, restore_alias
+from tasks.registry import alias_version, restore_alias
 
 
 class ChampionMovedError(RuntimeError):
@@ -17,7 +17,7 @@ class ChampionMovedError(RuntimeError):
 
 
 @task(name="promote-model", cache_policy=UNCACHED, **IN_TRANSACTION)
-def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | None:
+def promote_model(decision: PromotionDecision, tracking: MlflowTracking) -> str | None:
     """Point `champion` at the challenger; returns the previous champion version.
 
     One alias write is atomic in MLflow. Before writing, the champion is re-read: if it moved
@@ -25,8 +25,8 @@ def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | 
     """
     if not decision.promote:
         return None
-    client = mlflow.activate()
-    name = mlflow.registered_model_name
+    client = tracking.activate()
+    name = tracking.registered_model_name
     evaluated = decision.champion.version if decision.champion else None
     current = alias_version(client, name, names.ALIAS_CHAMPION)
     resuming = decision.resumed and current == decision.challenger.version
@@ -37,7 +37,7 @@ def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | 
         )
     txn = get_transaction()
     if txn is not None:
-        txn.set("mlflow", mlflow)
+        txn.set("tracking", tracking)
         txn.set("previous_champion", evaluated)
         txn.set("previous_challenger", alias_version(client, name, names.ALIAS_CHALLENGER))
     if resuming:
@@ -56,10 +56,10 @@ def promote_model(decision: PromotionDecision, mlflow: MlflowTracking) -> str | 
 @promote_model.on_rollback
 def _restore_champion(txn: Transaction) -> None:
     """A later step failed: put the previous champion (and challenger) back."""
-    mlflow: MlflowTracking | None = txn.get("mlflow", None)
-    if mlflow is None:  # the gate said no; nothing was moved
+    tracking: MlflowTracking | None = txn.get("tracking", None)
+    if tracking is None:  # the gate said no; nothing was moved
         return
-    client = mlflow.activate()
-    name = mlflow.registered_model_name
+    client = tracking.activate()
+    name = tracking.registered_model_name
     restore_alias(client, name, names.ALIAS_CHAMPION, txn.get("previous_champion"))
     restore_alias(client, name, names.ALIAS_CHALLENGER, txn.get("previous_challenger"))

@@ -7,19 +7,19 @@ from prefect.artifacts import create_table_artifact
 
 from driftloop.core import names
 from driftloop.core.contracts import TrialOutcome
-from driftloop.core.params import LOWER_IS_BETTER, Metric
+from driftloop.core.metric_direction import best_first
+from driftloop.core.params import Metric
 from tasks._policy import IO_RETRIES, UNCACHED
 
 
 def ranking_rows(outcomes: list[TrialOutcome], metric: Metric) -> list[dict[str, object]]:
     """Completed trials best first, then the ones that did not complete."""
-    lower = metric in LOWER_IS_BETTER
     done = sorted(
-        (o for o in outcomes if o.result), key=lambda o: o.result.score * (1 if lower else -1)
+        ((o, o.result) for o in outcomes if o.result is not None),
+        key=lambda pair: best_first(metric, pair[1].score),
     )
     rows: list[dict[str, object]] = []
-    for rank, outcome in enumerate(done, start=1):
-        result = outcome.result
+    for rank, (outcome, result) in enumerate(done, start=1):
         rows.append(
             {
                 "rank": rank,

@@ -48,12 +48,12 @@ def decision_markdown(decision: PromotionDecision, run: LoggedRun) -> str:
 
 
 @task(name="record-decision", cache_policy=UNCACHED, **IN_TRANSACTION)
-def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowTracking) -> None:
+def record_decision(decision: PromotionDecision, run: LoggedRun, tracking: MlflowTracking) -> None:
     """Tag the model version and run with the decision; publish the comparison artifact.
 
     A promotion is recorded as "promoting" before the champion alias moves, and becomes
     "promoted" once it is announced (announce-decision)."""
-    client = mlflow.activate()
+    client = tracking.activate()
     outcome = names.DECISION_PROMOTING if decision.promote else names.DECISION_REJECTED
     tags = {
         names.TAG_DECISION: outcome,
@@ -69,7 +69,7 @@ def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowT
         client.set_tag(run.run_id, key, value)
     txn = get_transaction()
     if txn is not None:
-        txn.set("mlflow", mlflow)
+        txn.set("tracking", tracking)
         txn.set("decided", (decision.challenger.name, decision.challenger.version, run.run_id))
     create_markdown_artifact(
         markdown=decision_markdown(decision, run),
@@ -81,8 +81,8 @@ def record_decision(decision: PromotionDecision, run: LoggedRun, mlflow: MlflowT
 @record_decision.on_rollback
 def _mark_rolled_back(txn: Transaction) -> None:
     """A later step failed: the recorded decision did not take effect."""
-    mlflow: MlflowTracking = txn.get("mlflow")
+    tracking: MlflowTracking = txn.get("tracking")
     name, version, run_id = txn.get("decided")
-    client = mlflow.activate()
+    client = tracking.activate()
     client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_ROLLED_BACK)
     client.set_tag(run_id, names.TAG_DECISION, names.DECISION_ROLLED_BACK)

@@ -16,7 +16,7 @@ TREND_POINTS = 24
 
 
 @task(name="record-drift-history", cache_policy=UNCACHED, **NO_RETRIES)
-def record_drift_history(result: DriftResult, mlflow: MlflowTracking) -> list[DriftTrendPoint]:
+def record_drift_history(result: DriftResult, tracking: MlflowTracking) -> list[DriftTrendPoint]:
     """One point per check, on one MLflow run per champion version (`drift-<model>-v<n>`):
     `drift_share`, `drift_score.<column>` for the columns that drifted, and
     `prediction_drift_score`. Steps count the checks, so the run's *Model metrics* tab charts
@@ -25,8 +25,10 @@ def record_drift_history(result: DriftResult, mlflow: MlflowTracking) -> list[Dr
     Not retried by Prefect (MLflow's client retries its calls): a retry after a partial write
     would add the point twice.
     """
-    client = mlflow.activate()
-    run_id = mlflow.monitoring_run(names.MONITOR_DRIFT, result.model_name, result.champion_version)
+    client = tracking.activate()
+    run_id = tracking.monitoring_run(
+        names.MONITOR_DRIFT, result.model_name, result.champion_version
+    )
     earlier = sorted(client.get_metric_history(run_id, "drift_share"), key=lambda m: m.step)
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     metrics = {"drift_share": result.drift_share}

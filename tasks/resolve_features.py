@@ -56,9 +56,9 @@ def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> R
         else:
             by_view: dict[str, list[str]] = {}
             for ref in selection.features:
-                view, feature = ref.split(":")
-                by_view.setdefault(view, []).append(feature)
-            wanted = [(view, view, names) for view, names in by_view.items()]
+                view_name, feature = ref.split(":")
+                by_view.setdefault(view_name, []).append(feature)
+            wanted = [(v, v, features) for v, features in by_view.items()]
         views = {name: store.get_feature_view(name) for name, _, _ in wanted}
     except FeastObjectNotFoundException as exc:
         raise FeatureRetrievalError(f"{exc} ({where})") from exc

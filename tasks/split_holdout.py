@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from driftloop.core.contracts import TableSchema
 from driftloop.core.errors import DataProblem, DataValidationError
 from driftloop.core.params import SplitPolicy
+from driftloop.core.timewindows import split_by_time
 from tasks._policy import NO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:
@@ -19,16 +20,14 @@ if TYPE_CHECKING:
 def split_holdout(
     frame: pd.DataFrame, schema: TableSchema, policy: SplitPolicy
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out the newest rows: everything at or after the cut-off timestamp.
-
-    No timestamp is on both sides, so the model is judged on the future it did not see. Both
-    sides must contain both classes.
+    """Hold out the newest rows: everything at or after the cut-off timestamp (the time split
+    of `driftloop.core.timewindows.split_by_time`, which the trials use too). Both sides must
+    contain both classes.
     """
-    ts = schema.timestamp_column
-    ordered = frame.sort_values([ts, *schema.entity_columns], kind="stable")
-    cutoff = ordered[ts].iloc[int(len(ordered) * (1 - policy.holdout_fraction))]
-    train = ordered[ordered[ts] < cutoff].reset_index(drop=True)
-    holdout = ordered[ordered[ts] >= cutoff].reset_index(drop=True)
+    train, holdout = split_by_time(
+        frame, schema.timestamp_column, policy.holdout_fraction, schema.entity_columns
+    )
+    cutoff = holdout[schema.timestamp_column].min() if len(holdout) else None
     where = f"Holdout split at {cutoff} ({policy.holdout_fraction:.0%} newest rows)"
     problems = []
     for name, part in (("training", train), ("holdout", holdout)):

@@ -1,35 +1,21 @@
-"""Scoring steps 4-5: score the entities and write the predictions as parquet."""
+"""Scoring step 5: write the predictions as parquet, under a path naming the model version."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
+from driftloop.core import names
 from driftloop.core.contracts import ModelVersionRef, ResolvedFeatures, ScoringResult
-from tasks._policy import IO_RETRIES, NO_RETRIES, UNCACHED
+from tasks._policy import IO_RETRIES, UNCACHED
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCORE_COLUMN = "score"
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-
-
-@task(name="score-entities", cache_policy=UNCACHED, **NO_RETRIES)
-def score_entities(
-    model: Any, frame: pd.DataFrame, features: ResolvedFeatures, keys: list[str]
-) -> pd.DataFrame:
-    """Positive-class probabilities for each entity, with the inputs they were scored on (the
-    drift monitor can compare those with the training reference)."""
-    from driftloop.core.modeling import feature_matrix, positive_proba
-
-    inputs = feature_matrix(frame, list(features.columns))
-    scored = frame[keys + features.names].copy()
-    scored[SCORE_COLUMN] = positive_proba(model.predict(inputs))
-    return scored
 
 
 def predictions_path(root: Path, champion: ModelVersionRef, at: datetime) -> Path:
@@ -50,7 +36,7 @@ def write_predictions(
     tmp = path.with_suffix(".tmp")
     out.to_parquet(tmp, index=False)
     tmp.replace(path)  # readers never see a half-written file
-    scores = scored[SCORE_COLUMN]
+    scores = scored[names.SCORE_COLUMN]
     missing = int(scored[features.names].isna().any(axis=1).sum())
     unknown = int(scored[features.names].isna().all(axis=1).sum())
     result = ScoringResult(

@@ -17,7 +17,8 @@ def batch(**kwargs):
 
 def test_same_seed_same_data_other_seed_other_data():
     a, b, c = batch(seed=1), batch(seed=1), batch(seed=2)
-    assert a.labels.equals(b.labels) and a.activity.equals(b.activity)
+    assert a.labels.equals(b.labels)
+    assert a.activity.equals(b.activity)
     assert not a.labels.equals(c.labels)
 
 
@@ -28,7 +29,8 @@ def test_columns_types_and_keys():
     assert set(data.labels["churned"].unique()) == {0, 1}
     assert not data.labels.duplicated(["customer_id", "event_timestamp"]).any()
     ts = data.labels["event_timestamp"]
-    assert ts.min() >= START and ts.max() < END
+    assert ts.min() >= START
+    assert ts.max() < END
     # Features are snapshots taken before the observation they describe.
     assert (data.activity["event_timestamp"] < data.labels["event_timestamp"]).all()
     assert 0.08 < data.labels["churned"].mean() < 0.3
@@ -45,9 +47,8 @@ def test_drift_shifts_covariates_labels_and_adds_categories():
     base, drifted = batch(seed=5), batch(seed=5, drift=STRONG_DRIFT)
     assert drifted.activity["monthly_charges"].mean() > base.activity["monthly_charges"].mean() + 5
     assert drifted.labels["churned"].mean() > base.labels["churned"].mean() + 0.1
-    assert "fiber_max" in set(drifted.profile["plan"]) and "fiber_max" not in set(
-        base.profile["plan"]
-    )
+    assert "fiber_max" in set(drifted.profile["plan"])
+    assert "fiber_max" not in set(base.profile["plan"])
 
 
 def test_invalid_drift_spec_names_the_column():

@@ -32,14 +32,16 @@ def test_search_runs_trials_on_ray_ranks_and_logs_them(demo, mlflow_setup):
     state = train(**demo.train_kwargs(mlflow_setup, search=SEARCH), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
-    assert result.trials_completed == 5 and result.trials_failed == 0
+    assert result.trials_completed == 5
+    assert result.trials_failed == 0
     flow_run_id = state.state_details.flow_run_id
 
     trial_runs = _trial_runs(flow_run_id)
     assert [r.name.split()[0] for r in trial_runs] == [f"trial-{i:02d}" for i in range(5)]
     for run in trial_runs:
         assert run.state.name == "Completed"
-        assert run.state.message.startswith("roc_auc 0.") and " on node " in run.state.message
+        assert run.state.message.startswith("roc_auc 0.")
+        assert " on node " in run.state.message
         assert run.name.split()[1] in {"logreg", "rf", "gbm"}
 
     with get_client(sync_client=True) as client:
@@ -73,7 +75,8 @@ def test_search_runs_trials_on_ray_ranks_and_logs_them(demo, mlflow_setup):
     assert len(children) == 5
     for child in children:
         assert child.info.status == "FINISHED"
-        assert "val_roc_auc" in child.data.metrics and "model.family" in child.data.params
+        assert "val_roc_auc" in child.data.metrics
+        assert "model.family" in child.data.params
         assert child.data.tags[names.TAG_TRIAL_NODE]
 
 
@@ -89,7 +92,7 @@ def test_trials_are_cached_on_data_params_and_code(demo, mlflow_setup):
     states = task_states(again.state_details.flow_run_id)
     trial_states = [s for name, runs in states.items() if name.startswith("trial") for s in runs]
     assert trial_states == ["Cached"] * 5
-    assert states["train-model"] == ["Cached"] * 2  # the judged fit and the refit
+    assert states["fit-model"] == ["Cached"] * 2  # the judged fit and the refit
     other = train(
         **demo.train_kwargs(mlflow_setup, search=SEARCH.model_copy(update={"seed": 99})),
         return_state=True,

@@ -61,7 +61,8 @@ def test_no_drift_on_data_like_the_training_data(world):
     assert state.is_completed(), state.message
     result: DriftResult = state.result()
     assert not result.detected, result.drifted_columns
-    assert result.champion_version == "1" and result.current_rows >= 200
+    assert result.champion_version == "1"
+    assert result.current_rows >= 200
     assert {c.column for c in result.columns} >= {"monthly_charges", "plan", "tenure_months"}
 
     resource = names.model_resource_id(mlflow.model_name)
@@ -73,7 +74,8 @@ def test_no_drift_on_data_like_the_training_data(world):
     # The champion's own scores on the window against its reference, reported beside.
     prediction = event.payload["prediction_drift"]
     assert prediction["score"] == pytest.approx(result.prediction.score)
-    assert 0 < prediction["reference_mean"] < 1 and 0 < prediction["current_mean"] < 1
+    assert 0 < prediction["reference_mean"] < 1
+    assert 0 < prediction["current_mean"] < 1
     assert event.payload["champion_version"] == "1"
     # The champion was trained on the newest revision: nothing new to learn from.
     assert event.payload["rev"] == demo.registry.head()
@@ -85,7 +87,8 @@ def test_no_drift_on_data_like_the_training_data(world):
     assert f"prefect.flow-run.{flow_run_id}" in {r.id for r in event.related}
 
     (artifact,) = artifacts_of(flow_run_id)
-    assert artifact.key == names.ARTIFACT_DRIFT and "| monthly_charges |" in artifact.data
+    assert artifact.key == names.ARTIFACT_DRIFT
+    assert "| monthly_charges |" in artifact.data
     assert "Prediction drift: " in artifact.data
     assert "### Trend: drift share at the last 1 check(s) of v1" in artifact.data
     runs = mlflow.client().search_runs(
@@ -166,17 +169,21 @@ def test_scoring_writes_predictions_of_the_champion(world):
     )  # fmt: skip
     assert state.is_completed(), state.message
     result: ScoringResult = state.result()
-    assert result.rows == 300 and result.model_version == "1"
+    assert result.rows == 300
+    assert result.model_version == "1"
     path = demo.settings.predictions_dir / mlflow.model_name / "v1"
     assert str(path) in result.path
     predictions = pd.read_parquet(result.path)
-    assert len(predictions) == 300 and predictions["score"].between(0, 1).all()
-    assert predictions["customer_id"].is_unique and set(predictions["model_version"]) == {"1"}
+    assert len(predictions) == 300
+    assert predictions["score"].between(0, 1).all()
+    assert predictions["customer_id"].is_unique
+    assert set(predictions["model_version"]) == {"1"}
     # Materialized just before: the newest customers all have online features.
     assert result.rows_without_features == 0
     assert result.rows_with_missing_features < 0.05 * result.rows  # the demo's natural nulls
     (artifact,) = artifacts_of(state.state_details.flow_run_id)
-    assert artifact.key == names.ARTIFACT_SCORING and result.path in artifact.data
+    assert artifact.key == names.ARTIFACT_SCORING
+    assert result.path in artifact.data
 
 
 def test_scoring_refuses_a_model_whose_signature_does_not_match(world):
@@ -231,9 +238,8 @@ def test_a_pushed_batch_is_announced_once_and_its_drift_detected(world):
     # Each check is a point in the champion version's drift series; the artifact shows them.
     history_run = mlflow.block.monitoring_run(names.MONITOR_DRIFT, mlflow.model_name, "1")
     series = mlflow.client().get_metric_history(history_run, "drift_share")
-    assert len(series) >= 2 and sorted(series, key=lambda m: m.step)[-1].value == pytest.approx(
-        result.drift_share
-    )
+    assert len(series) >= 2
+    assert sorted(series, key=lambda m: m.step)[-1].value == pytest.approx(result.drift_share)
     (artifact,) = artifacts_of(state.state_details.flow_run_id)
     assert f"at the last {len(series)} check(s) of v1" in artifact.data
 
@@ -250,9 +256,11 @@ def test_editing_the_policy_block_changes_the_next_run(world):
         result: DriftResult = monitor(demo, mlflow).result()
     finally:
         DriftPolicy().save(demo.drift_block, overwrite=True)
-    assert not result.detected and result.drift_share_threshold == 1.0
+    assert not result.detected
+    assert result.drift_share_threshold == 1.0
     numeric = [c for c in result.columns if c.column == "monthly_charges"]
-    assert "psi" in numeric[0].method.lower() and numeric[0].threshold == 0.5
+    assert "psi" in numeric[0].method.lower()
+    assert numeric[0].threshold == 0.5
 
 
 def test_bad_input_fails_with_a_clear_error(world, tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftloop.core import names
+from driftloop.core import metric_direction, names
 from driftloop.core.contracts import DatasetLocation, DatasetVersion
 from driftloop.core.interruptions import (
     covers_its_data,
@@ -12,6 +12,7 @@ from driftloop.core.interruptions import (
     zombie_reason,
 )
 from driftloop.core.planning import choose_revision, skip_reason, training_fingerprint
+from driftloop.core.timewindows import split_by_time
 
 
 def at(commit: str, md5: str = "m" * 32) -> DatasetVersion:
@@ -172,3 +173,64 @@ def test_degraded_means_below_the_floor_or_far_below_its_own_holdout():
     # log loss: lower is better, so a rise is the loss
     assert degradation_reason("log_loss", 0.40, 0.45, floor=0.7, max_degradation=0.03) is None
     assert "worse" in degradation_reason("log_loss", 0.55, 0.45, 0.7, 0.03)
+
+
+# --- which way a metric improves ----------------------------------------------------------
+def test_a_loss_improves_downwards_and_a_score_upwards():
+    assert metric_direction.lower_is_better("log_loss")
+    assert not metric_direction.lower_is_better("roc_auc")
+    assert metric_direction.optuna_direction("log_loss") == "minimize"
+    assert metric_direction.optuna_direction("roc_auc") == "maximize"
+
+
+def test_improvement_is_positive_when_better_whatever_the_direction():
+    assert metric_direction.improvement("roc_auc", 0.80, over=0.75) > 0
+    assert metric_direction.improvement("log_loss", 0.30, over=0.35) > 0
+    assert metric_direction.improvement("log_loss", 0.40, over=0.35) < 0
+
+
+def test_a_bar_is_a_floor_for_scores_and_a_ceiling_for_losses():
+    assert metric_direction.clears("roc_auc", 0.6, bar=0.6)
+    assert not metric_direction.clears("roc_auc", 0.59, bar=0.6)
+    assert metric_direction.clears("log_loss", 0.5, bar=0.6)
+    assert not metric_direction.clears("log_loss", 0.61, bar=0.6)
+    assert metric_direction.bar_name("log_loss") == "ceiling"
+
+
+def test_best_first_sorts_the_best_score_first():
+    assert sorted([0.7, 0.9, 0.8], key=lambda s: metric_direction.best_first("roc_auc", s)) == [
+        0.9,
+        0.8,
+        0.7,
+    ]
+    assert min([0.7, 0.3], key=lambda s: metric_direction.best_first("log_loss", s)) == 0.3
+
+
+# --- one time split ------------------------------------------------------------------------
+def test_the_time_split_puts_no_timestamp_on_both_sides():
+    import pandas as pd
+
+    # Four rows share the cut-off day: a split by position would cut through them.
+    days = pd.to_datetime(["2026-01-01"] * 3 + ["2026-01-02"] * 4 + ["2026-01-03"] * 3)
+    frame = pd.DataFrame({"ts": days, "id": range(10)})
+    older, newer = split_by_time(frame, "ts", 0.5, ["id"])
+    assert set(older["ts"]).isdisjoint(set(newer["ts"]))
+    assert len(older) == 3
+    assert len(newer) == 7
+    assert list(newer["id"]) == [3, 4, 5, 6, 7, 8, 9]
+
+
+def test_the_time_split_is_the_same_whatever_order_the_rows_came_in():
+    import pandas as pd
+
+    frame = pd.DataFrame({"ts": pd.date_range("2026-01-01", periods=10, freq="D"), "id": range(10)})
+    shuffled = frame.sample(frac=1, random_state=1)
+    for left, right in zip(
+        split_by_time(frame, "ts", 0.3, ["id"]),
+        split_by_time(shuffled, "ts", 0.3, ["id"]),
+        strict=True,
+    ):
+        pd.testing.assert_frame_equal(left, right)
+    older, newer = split_by_time(frame, "ts", 0.3, ["id"])
+    assert len(newer) == 3
+    assert newer["ts"].min() > older["ts"].max()

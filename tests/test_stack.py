@@ -174,31 +174,27 @@ def check_drift(stack: Stack) -> tuple[dict, list[dict]]:
         time.sleep(1)
 
 
-def test_the_loop_settles_cycle_after_cycle(stack: Stack):
-    """Three cycles after the drifted batch of the first test promoted v2:
-    1. the drift check its promotion started settles (`drift.checked`): v2 was refit on its
-       newest data;
-    2. drifted traffic with no new labels: each check reports the drift, says retraining is
-       skipped for lack of labels, and starts nothing, over a day of hourly checks; a person is
-       told once;
-    3. concept drift (the label's relation to the features changes, the features do not): the
-       champion's score on the new labels drops, `performance.degraded` is emitted and the
-       training records it, ending promoted or rejected with a reason.
-    No duplicate version at any point."""
-    client = stack.mlflow()
+# The loop after the drifted batch of the first test promoted v2, cycle after cycle. The three
+# tests below run in order on the module's stack; none of them may register a duplicate.
+def _versions(stack: Stack) -> list:
+    return stack.mlflow().search_model_versions("name='churn-model'")
 
-    def versions() -> list:
-        return client.search_model_versions("name='churn-model'")
 
-    def trainings() -> set[str]:
-        return {r["id"] for r in stack.flow_runs(TRAINING)}
+def _trainings(stack: Stack) -> set[str]:
+    return {r["id"] for r in stack.flow_runs(TRAINING)}
 
-    champion = client.get_model_version_by_alias("churn-model", "champion")
+
+def _assert_no_duplicate_version(stack: Stack) -> None:
+    fingerprints = [v.tags.get(names.TAG_TRAINING_FINGERPRINT) for v in _versions(stack)]
+    assert len(fingerprints) == len(set(fingerprints)), fingerprints
+
+
+def test_cycle_1_the_check_a_promotion_starts_settles(stack: Stack):
+    """The drift check v2's promotion started at once (`check-after-promotion`) reports
+    `drift.checked`: v2 was refit on its newest data, so there is nothing to retrain on."""
+    champion = stack.mlflow().get_model_version_by_alias("churn-model", "champion")
     assert champion.version == "2"
     assert champion.tags[names.TAG_FITTED_UNTIL]  # refit on its holdout: it saw the newest rows
-    before_versions, before_runs = len(versions()), trainings()
-
-    # 1. The check the promotion started at once (`check-after-promotion`) settles.
     deadline = time.monotonic() + 180
     while True:
         after_v2 = [
@@ -219,9 +215,15 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
         if f"prefect.flow-run.{r['id']}" in {x["prefect.resource.id"] for x in checked["related"]}
     ]  # fmt: skip
     assert by_automation(check_run), check_run["created_by"]
+    _assert_no_duplicate_version(stack)
 
-    # 2. Drifted traffic, no new labels: drift is reported at every check, nothing retrains.
-    # (Not the drift v2 was trained on: its columns and direction are others.)
+
+def test_cycle_2_drift_without_labels_retrains_nothing_all_day(stack: Stack):
+    """Drifted traffic with no new labels: each check reports the drift, says retraining is
+    skipped for lack of labels, and starts nothing, over a day of hourly checks; a person is
+    told once. (Not the drift v2 was trained on: its columns and direction are others.)"""
+    champion = stack.mlflow().get_model_version_by_alias("churn-model", "champion")
+    before_versions, before_runs = len(_versions(stack)), _trainings(stack)
     stack.add_batch(
         "--no-labels", "--rows", "4000", "--seed", "250",
         "--shift", "tenure_months=-1.5", "--shift", "days_since_last_login=1.5",
@@ -253,16 +255,23 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
     ]  # fmt: skip
     stack.api("POST", "/events", json=day)
     time.sleep(10)  # what an automation would have started by now
-    assert trainings() == before_runs
-    assert len(versions()) == before_versions
+    assert _trainings(stack) == before_runs
+    assert len(_versions(stack)) == before_versions
     # A person is told once (the automation holds repeats back for the re-notify interval),
     # with the reason and links to the check's Prefect run and MLflow run.
     told = [n for n in stack.notifications() if "skipped, new labels needed" in n["subject"]]
     assert len(told) == 1, stack.notifications()
     assert told[0]["body"].startswith("no labeled data newer than champion v2"), told
-    assert "/runs/flow-run/" in told[0]["body"] and "MLflow: http" in told[0]["body"], told
+    assert "/runs/flow-run/" in told[0]["body"], told
+    assert "MLflow: http" in told[0]["body"], told
+    _assert_no_duplicate_version(stack)
 
-    # 3. Concept drift: the same features, another relation to churn.
+
+def test_cycle_3_concept_drift_is_seen_and_recorded(stack: Stack):
+    """Concept drift (the label's relation to the features changes, the features do not): the
+    champion's score on the new labels drops, `performance.degraded` is emitted and the
+    training records it, ending promoted or rejected with a reason; a person is told both."""
+    client = stack.mlflow()
     since = now_iso()
     commit = stack.add_batch("--concept-shift", "0.7", "--rows", "1500", "--seed", "300")
     run = stack.wait_for_run(TRAINING, lambda r: r["parameters"].get("rev") == commit, 600)
@@ -271,7 +280,7 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
     assert degraded["payload"]["rev"] == commit
     assert degraded["payload"]["champion_version"] == "2"
     assert degraded["payload"]["score"] < degraded["payload"]["baseline"] - 0.03
-    (version,) = [v for v in versions() if v.tags.get(names.TAG_FLOW_RUN_ID) == run["id"]]
+    (version,) = [v for v in _versions(stack) if v.tags.get(names.TAG_FLOW_RUN_ID) == run["id"]]
     assert version.tags[names.TAG_TRIGGER_PERFORMANCE_DROP] == degraded["payload"]["degraded"]
     assert version.tags[names.TAG_DECISION] in (names.DECISION_PROMOTED, names.DECISION_REJECTED)
     assert run["state"]["message"].startswith(("Promoted: ", "Kept champion: ")), run["state"]
@@ -293,9 +302,7 @@ def test_the_loop_settles_cycle_after_cycle(stack: Stack):
         if version.tags[names.TAG_DECISION] == names.DECISION_PROMOTED
         else f"driftloop: churn-model v{version.version} rejected, champion v2 kept"
     ], subjects
-
-    fingerprints = [v.tags.get(names.TAG_TRAINING_FINGERPRINT) for v in versions()]
-    assert len(fingerprints) == len(set(fingerprints)), fingerprints
+    _assert_no_duplicate_version(stack)
 
 
 def accounted_for(commit: str, messages: dict[str, str], trained: set[str]) -> list[str]:

@@ -55,4 +55,4 @@ def test_default_is_a_local_ray_and_a_cached_rerun_never_starts_it(demo, tmp_pat
     states = task_states(second["flow_run_id"])
     trials = [s for name, runs in states.items() if name.startswith("trial") for s in runs]
     assert trials == ["Cached"] * 3
-    assert states["train-model"] == ["Cached"] * 2  # the judged fit and the refit
+    assert states["fit-model"] == ["Cached"] * 2  # the judged fit and the refit

@@ -20,12 +20,12 @@ from driftloop.core.params import (
     SplitPolicy,
 )
 from tasks.evaluate_model import evaluate_model
+from tasks.fit_model import fit_model
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 from tasks.split_holdout import split_holdout
-from tasks.train_model import train_model
 from tests.helpers import retries_used
 
 SCHEMA = TableSchema(
@@ -95,10 +95,12 @@ def test_resolve_features_expands_the_service(demo, feast):
     resolved = resolve_features(feast, SERVICE)
     assert "customer_activity:monthly_charges" in resolved.refs
     kinds = {c.name: c.kind for c in resolved.columns}
-    assert kinds["plan"] == "categorical" and kinds["tenure_months"] == "numeric"
+    assert kinds["plan"] == "categorical"
+    assert kinds["tenure_months"] == "numeric"
     assert resolved.ttl_seconds["customer_activity"] == 30 * 86400
     explicit = resolve_features(feast, FeatureSelection(features=["customer_profile:plan"]))
-    assert explicit.names == ["plan"] and explicit.fingerprint != resolved.fingerprint
+    assert explicit.names == ["plan"]
+    assert explicit.fingerprint != resolved.fingerprint
 
 
 @pytest.mark.parametrize(
@@ -140,7 +142,8 @@ def test_rows_dropped_by_the_ttl_are_named(demo, feast):
         get_historical_features(request, version, resolved, SCHEMA, feast, DataQualityPolicy())
     message = str(info.value)
     assert f"returned {len(entities)} of {len(request)} entity rows" in message
-    assert "3 row(s) were dropped" in message and "customer_activity: 30 days" in message
+    assert "3 row(s) were dropped" in message
+    assert "customer_activity: 30 days" in message
     assert f"customer_id={late['customer_id'].iloc[0]}" in message
 
 
@@ -166,10 +169,11 @@ def test_split_train_evaluate(demo, feast):
     train, holdout = split_holdout(frame, SCHEMA, SplitPolicy(holdout_fraction=0.25))
     assert train["event_timestamp"].max() < holdout["event_timestamp"].min()
     assert len(train) + len(holdout) == len(frame)
-    model = train_model(train, resolved, SCHEMA, GradientBoostingSpec(max_iter=50), 0)
+    model = fit_model(train, resolved, SCHEMA, GradientBoostingSpec(max_iter=50), 0)
     metrics = evaluate_model(model, holdout, resolved, SCHEMA)
     assert metrics.n_rows == len(holdout)
-    assert 0.7 < metrics.roc_auc <= 1.0 and 0 < metrics.log_loss < 1
+    assert 0.7 < metrics.roc_auc <= 1.0
+    assert 0 < metrics.log_loss < 1
 
 
 def test_split_refuses_a_single_class_side(demo):

@@ -7,6 +7,7 @@ import pytest
 from blocks import FeastFeatureStore
 from driftloop.core import names
 from driftloop.core.contracts import ChampionEvaluation, DatasetLocation, TableSchema
+from driftloop.core.errors import NoChampionError
 from driftloop.core.params import (
     DataQualityPolicy,
     FeatureSelection,
@@ -17,18 +18,20 @@ from driftloop.core.params import (
 )
 from tasks.announce_decision import announce_decision
 from tasks.decide_promotion import decide_promotion
-from tasks.evaluate_champion import evaluate_champion, get_champion
+from tasks.evaluate_champion import evaluate_champion
 from tasks.evaluate_model import evaluate_model
+from tasks.fit_model import fit_model
+from tasks.get_champion import get_champion
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.log_to_mlflow import log_to_mlflow
 from tasks.promote_model import ChampionMovedError, promote_model
 from tasks.record_decision import record_decision
 from tasks.register_model import register_model_version
+from tasks.registry import require_champion
 from tasks.resolve_dataset import resolve_dataset
 from tasks.resolve_features import resolve_features
 from tasks.split_holdout import split_holdout
-from tasks.train_model import train_model
 from tests.helpers import events, make_mlflow
 
 SCHEMA = TableSchema(
@@ -49,7 +52,7 @@ def trained(demo):
     entities = load_labeled_entities(dataset, SCHEMA)
     frame = get_historical_features(entities, dataset, features, SCHEMA, feast, DataQualityPolicy())
     train, holdout = split_holdout(frame, SCHEMA, SPLIT)
-    model = train_model(train, features, SCHEMA, SPEC, 0)
+    model = fit_model(train, features, SCHEMA, SPEC, 0)
     metrics = evaluate_model(model, holdout, features, SCHEMA)
     return dataset, features, train, holdout, model, metrics
 
@@ -90,6 +93,9 @@ def test_registration_is_idempotent_and_marks_the_challenger(trained, tmp_path):
     client = mlflow.client()
     assert client.get_model_version_by_alias(mlflow.model_name, "challenger").version == 1
     assert get_champion(mlflow.block) is None
+    # The one lookup: no champion is a value for training, a clear error for the rest.
+    with pytest.raises(NoChampionError, match="has no 'champion' alias yet"):
+        require_champion(mlflow.block)
 
 
 def test_gate_promote_record_and_announce(trained, tmp_path):
@@ -114,6 +120,9 @@ def test_gate_promote_record_and_announce(trained, tmp_path):
     assert mlflow.champion() == "1"
     event_id = announce_decision(decision, mlflow.block)
     assert decision_tag() == names.DECISION_PROMOTED
+    champion = require_champion(mlflow.block)
+    assert champion.version == "1"
+    assert champion.decision == names.DECISION_PROMOTED
     found = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow.model_name))
     assert [str(e.id) for e in found] == [event_id]
     assert found[0].payload["version"] == "1"

@@ -16,7 +16,7 @@ from tests.helpers import events, task_states
 
 # A single depth-1 tree on a random tenth of the features: it barely ranks customers.
 WEAK = RandomForestSpec(n_estimators=1, max_depth=1, max_features=0.1)
-HEAVY = ("load-labeled-entities", "get-historical-features", "train-model", "log-to-mlflow")
+HEAVY = ("load-labeled-entities", "get-historical-features", "fit-model", "log-to-mlflow")
 
 
 def run(demo, mlflow, **overrides):
@@ -28,7 +28,8 @@ def test_first_run_promotes_a_champion_with_lineage(demo, mlflow_setup):
     state, flow_run_id = run(demo, mlflow_setup, rev=demo.tags[-1])
     assert state.is_completed(), state.message
     result = state.result()
-    assert result.promoted and result.champion_version == result.version == "1"
+    assert result.promoted
+    assert result.champion_version == result.version == "1"
     assert mlflow_setup.champion() == "1"
 
     client = mlflow_setup.client()
@@ -51,7 +52,8 @@ def test_first_run_promotes_a_champion_with_lineage(demo, mlflow_setup):
     assert mlflow_run.data.params["model.family"] == "gradient_boosting"
     reference = client.download_artifacts(version.run_id, names.REFERENCE_SAMPLE_ARTIFACT)
     sample = pd.read_parquet(reference)
-    assert {"monthly_charges", "plan", "churned"} <= set(sample.columns) and len(sample) > 100
+    assert {"monthly_charges", "plan", "churned"} <= set(sample.columns)
+    assert len(sample) > 100
     # The registered model is the refit on training plus holdout rows: it has seen the newest
     # rows, and its drift reference reaches them.
     assert mlflow_run.data.params["split.refit_on_holdout"] == "True"
@@ -63,11 +65,13 @@ def test_first_run_promotes_a_champion_with_lineage(demo, mlflow_setup):
 
     model = mlflow.pyfunc.load_model(f"models:/{mlflow_setup.model_name}@champion")
     inputs = model.metadata.get_input_schema().input_names()
-    assert "monthly_charges" in inputs and "plan" in inputs
+    assert "monthly_charges" in inputs
+    assert "plan" in inputs
     assert model.metadata.get_output_schema() is not None
 
     (event,) = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow_setup.model_name))
-    assert event.payload["version"] == "1" and event.payload["previous_version"] is None
+    assert event.payload["version"] == "1"
+    assert event.payload["previous_version"] is None
     assert event.payload["metrics"]["roc_auc"] == pytest.approx(result.metrics["roc_auc"])
     assert f"prefect.flow-run.{flow_run_id}" in {r.id for r in event.related}
 
@@ -85,7 +89,9 @@ def test_promotion_artifact_tells_the_decision(demo, mlflow_setup):
     mine = [a for a in artifacts if a.flow_run_id == flow_run_id]
     assert len(mine) == 1
     text = mine[0].data
-    assert "Promoted" in text and "| roc_auc (gate) |" in text and "champion (none)" in text
+    assert "Promoted" in text
+    assert "| roc_auc (gate) |" in text
+    assert "champion (none)" in text
 
 
 def test_a_rerun_is_skipped_a_new_gate_reuses_the_cache_and_new_data_recomputes(demo, mlflow_setup):
@@ -184,7 +190,8 @@ def test_better_model_is_promoted_over_a_weak_champion(demo, mlflow_setup):
     assert weak.result().promoted  # first model: only the floor applies
     better, _ = run(demo, mlflow_setup, rev=rev, gate=gate)
     result = better.result()
-    assert result.promoted and "vs champion v1" in result.reason
+    assert result.promoted
+    assert "vs champion v1" in result.reason
     assert mlflow_setup.champion() == result.version == "2"
     promoted = events(
         names.EVENT_MODEL_PROMOTED, names.model_resource_id(mlflow_setup.model_name), at_least=2

@@ -7,6 +7,7 @@ always fed exactly what it was trained on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ SKOPS_TRUSTED_TYPES = [
 ]
 
 
-def feature_matrix(frame: pd.DataFrame, columns: list[FeatureColumn]) -> pd.DataFrame:
+def feature_matrix(frame: pd.DataFrame, columns: Sequence[FeatureColumn]) -> pd.DataFrame:
     """Select and type the model inputs: numerics as float64 (nulls stay NaN), categoricals as
     strings with NaN for missing. Integers become floats so that a null served online does not
     break the model signature."""
@@ -53,7 +54,9 @@ def feature_matrix(frame: pd.DataFrame, columns: list[FeatureColumn]) -> pd.Data
     return pd.DataFrame(out, index=frame.index)
 
 
-def build_pipeline(spec: ModelSpec, columns: list[FeatureColumn], random_state: int) -> Pipeline:
+def build_pipeline(
+    spec: ModelSpec, columns: Sequence[FeatureColumn], random_state: int
+) -> Pipeline:
     """Preprocessing (impute, scale, one-hot) plus the estimator the spec describes."""
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier

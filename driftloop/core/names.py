@@ -170,3 +170,7 @@ INTERRUPTED_MARKS = (CRASH_SERVICE_STOPPED, CRASH_NO_PROCESS, CRASH_NO_HEARTBEAT
 RESUMED_MARK = "resumed by driftloop"
 # The automation that crashes runs whose heartbeats stopped (Prefect's zombie-detection recipe).
 ZOMBIE_AUTOMATION = "driftloop-crash-zombie-runs"
+
+# The champion's positive-class probability: the column in written predictions, and the one
+# prediction drift compares.
+SCORE_COLUMN = "score"

@@ -7,7 +7,7 @@ pydantic before a run starts.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -104,7 +104,6 @@ class DataQualityPolicy(_Params):
 
 
 Metric = Literal["roc_auc", "f1", "accuracy", "log_loss"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
 
 
 class PromotionPolicy(_Params):
@@ -143,7 +142,7 @@ class SearchPolicy(_Params):
     )
     metric: Metric = Field(default="roc_auc", description="What the search optimises.")
     families: list[ModelFamily] = Field(
-        default_factory=lambda: ["logistic_regression", "random_forest", "gradient_boosting"],
+        default_factory=lambda: list(get_args(ModelFamily)),
         min_length=1,
         description="Model families the search may choose from.",
     )

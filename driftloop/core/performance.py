@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftloop.core.params import LOWER_IS_BETTER
+from driftloop.core.metric_direction import bar_name, clears, improvement
 
 
 def degradation_reason(
@@ -16,14 +16,11 @@ def degradation_reason(
     Example: roc_auc 0.71 on new rows, baseline 0.84, floor 0.6, max 0.03:
     "roc_auc 0.7100 on new labels is 0.1300 worse than its holdout 0.8400 (allowed 0.03)".
     """
-    lower_better = metric in LOWER_IS_BETTER
-    misses = score > floor if lower_better else score < floor
-    if misses:
-        bar = "ceiling" if lower_better else "floor"
-        return f"{metric} {score:.4f} on new labels misses the {bar} {floor}"
+    if not clears(metric, score, floor):
+        return f"{metric} {score:.4f} on new labels misses the {bar_name(metric)} {floor}"
     if baseline is None:
         return None
-    loss = score - baseline if lower_better else baseline - score
+    loss = -improvement(metric, score, over=baseline)
     if loss > max_degradation:
         return (
             f"{metric} {score:.4f} on new labels is {loss:.4f} worse than its holdout "

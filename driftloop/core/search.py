@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from pydantic import TypeAdapter
 
 from driftloop.core.contracts import TrialOutcome
-from driftloop.core.params import LOWER_IS_BETTER, ModelSpec, SearchPolicy
+from driftloop.core.metric_direction import best_first, optuna_direction
+from driftloop.core.params import ModelSpec, SearchPolicy
 
 if TYPE_CHECKING:
     import optuna
@@ -21,9 +22,8 @@ def create_study(policy: SearchPolicy) -> optuna.Study:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if policy.metric in LOWER_IS_BETTER else "maximize"
     sampler = optuna.samplers.TPESampler(seed=policy.seed, constant_liar=True)
-    return optuna.create_study(direction=direction, sampler=sampler)
+    return optuna.create_study(direction=optuna_direction(policy.metric), sampler=sampler)
 
 
 def suggest_spec(trial: optuna.Trial, policy: SearchPolicy) -> ModelSpec:
@@ -80,9 +80,9 @@ class SearchFailedError(RuntimeError):
 
 def best_outcome(outcomes: list[TrialOutcome], policy: SearchPolicy) -> TrialOutcome:
     """The completed trial with the best score (lowest for log_loss)."""
-    completed = [o for o in outcomes if o.result is not None]
+    completed = [(o, o.result.score) for o in outcomes if o.result is not None]
     if not completed:
         states = ", ".join(f"trial {o.number}: {o.state} ({o.error})" for o in outcomes)
         raise SearchFailedError(f"All {len(outcomes)} model-search trials failed: {states}")
-    lower = policy.metric in LOWER_IS_BETTER
-    return sorted(completed, key=lambda o: o.result.score if lower else -o.result.score)[0]
+    best, _ = min(completed, key=lambda pair: best_first(policy.metric, pair[1]))
+    return best

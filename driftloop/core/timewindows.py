@@ -7,6 +7,7 @@ reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,35 @@ if TYPE_CHECKING:
 
 # Fewer rows than this, or a single class, cannot judge a model.
 MIN_JUDGING_ROWS = 100
+
+
+def split_by_time(
+    frame: pd.DataFrame,
+    timestamp_column: str,
+    newest_fraction: float,
+    tie_break: Sequence[str] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Older rows and the newest `newest_fraction` of rows, cut at a timestamp.
+
+    The cut-off is the timestamp at that fraction of the rows, oldest first; every row at or
+    after it is on the newer side, so no timestamp is on both sides and a model is always
+    judged on a future it did not see. Rows that share the cut-off timestamp all go to the
+    newer side, so that side can be a little larger than the fraction. Both the model-search
+    trials (training rows vs validation rows) and the holdout use this rule.
+
+    `tie_break` columns (the entity keys) order rows within a timestamp, so both sides come
+    out in the same order whatever order the rows arrived in.
+
+    Example: 10 rows, one per day, fraction 0.3: the 7 oldest and the 3 newest days.
+    """
+    ordered = frame.sort_values([timestamp_column, *tie_break], kind="stable")
+    if ordered.empty:
+        return ordered, ordered
+    position = min(int(len(ordered) * (1 - newest_fraction)), len(ordered) - 1)
+    cutoff = ordered[timestamp_column].iloc[position]
+    older = ordered[ordered[timestamp_column] < cutoff].reset_index(drop=True)
+    newer = ordered[ordered[timestamp_column] >= cutoff].reset_index(drop=True)
+    return older, newer
 
 
 def fitted_until(frame: pd.DataFrame, timestamp_column: str) -> str:
