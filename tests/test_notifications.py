@@ -132,3 +132,48 @@ def test_what_a_person_is_told_and_how_often(receiver, tmp_path):
             for notice in NOTICES:
                 for automation in client.read_automations_by_name(notice.automation_name):
                     Automation.read(id=automation.id).delete()
+
+
+def test_make_deploy_applies_the_automations(prefect_server, tmp_path):
+    """`driftloop automations` (what `make deploy` runs after `prefect deploy --all`) creates the
+    notification block and automations on the server at PREFECT_API_URL, and a second run
+    changes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.automations import Automation
+
+    from driftloop.core.settings import PROJECT_ROOT
+
+    env = {
+        **os.environ,
+        "DRIFTLOOP_HOME": str(tmp_path / "state"),
+        "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
+        "DRIFTLOOP_RENOTIFY_MINUTES": "45",  # not the other test's 60: some must be rewritten
+    }
+
+    def apply() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "driftloop.app.cli", "automations"],
+            env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    first = apply()
+    assert first.returncode == 0, first.stderr
+    assert "Notification automations on http://127.0.0.1:" in first.stdout, first.stdout
+    assert "0 created or updated" not in first.stdout, first.stdout  # the interval changed
+    again = apply()
+    assert again.returncode == 0, again.stderr
+    assert "0 created or updated" in again.stdout, again.stdout
+    for notice in NOTICES:
+        automation = Automation.read(name=f"driftloop-notify-{notice.slug}")
+        assert automation.enabled, automation.name
+
+    no_server = subprocess.run(
+        [sys.executable, "-m", "driftloop.app.cli", "automations"],
+        env={**env, "PREFECT_API_URL": ""}, cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert no_server.returncode == 1
+    assert "PREFECT_API_URL is not set" in no_server.stderr
