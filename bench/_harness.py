@@ -83,9 +83,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def table(rows: list[tuple[str, str, str]], title: str) -> str:
-    """A plain-text table: measurement, value, target/ratio."""
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+def table(rows: list[tuple[str, ...]], title: str) -> str:
+    """A plain-text table: the first row is the header (e.g. measurement, value, target)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [title, line]
     for i, row in enumerate(rows):
