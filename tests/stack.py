@@ -105,6 +105,7 @@ def make_env(root: Path) -> dict[str, str]:
             "DRIFTLOOP_PREFECT_PORT": str(free_port()),
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
             "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
+            "DRIFTLOOP_RAY_PORT": str(free_port()),
         }
     )
     return env

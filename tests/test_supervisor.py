@@ -1,7 +1,8 @@
 """The supervisor with real processes: restart with backoff, a restart budget, and no orphans.
 
 The component is a real HTTP server (`python -m http.server`), health-checked over HTTP and
-killed with SIGKILL, as a crashed Prefect or MLflow server would be.
+killed with SIGKILL, as a crashed Prefect or MLflow server would be; and a server without an
+HTTP endpoint, checked by its port and a file it writes when ready, as the Ray head is.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import pytest
 
 from driftloop.app.supervisor import (
     Component,
+    PathExists,
     RestartBudgetExhausted,
     RestartPolicy,
+    StartupError,
     Status,
     Supervisor,
+    TcpConnect,
     service_processes,
     session_alive,
     stop_service_processes,
@@ -94,6 +98,85 @@ def test_a_spent_budget_stops_with_a_reason(tmp_path):
         os.kill(web.pid, signal.SIGKILL)
         with pytest.raises(RestartBudgetExhausted, match=r"web exited unexpectedly .* budget"):
             watch_until(supervisor, lambda: False)
+    finally:
+        supervisor.stop_all()
+
+
+def port_and_file_component(tmp_path: Path, ready_file: Path) -> Component:
+    """A server without an HTTP endpoint, checked as the Ray head is: its port opens first
+    (the GCS), and it writes a file once it is ready (`ray start --block`'s exit log)."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import os, socket, sys, time\n"
+        "port, ready = int(sys.argv[1]), sys.argv[2]\n"
+        "if os.path.exists(ready):\n"
+        "    os.unlink(ready)\n"
+        "server = socket.create_server(('127.0.0.1', port))\n"
+        "time.sleep(0.5)\n"
+        "open(ready, 'w').close()\n"
+        "time.sleep(600)\n"
+    )
+    port = free_port()
+    return Component(
+        name="server",
+        argv=[sys.executable, str(script), str(port), str(ready_file)],
+        env=dict(os.environ),
+        log_file=tmp_path / "server.log",
+        port=port,
+        health=(TcpConnect("127.0.0.1", port), PathExists(ready_file)),
+        restart=RestartPolicy(backoff_s=(1.0,)),
+        startup_timeout_s=30,
+    )
+
+
+def test_a_component_checked_by_its_port_and_a_file_is_restarted_after_sigkill(tmp_path):
+    lines: list[str] = []
+    ready_file = tmp_path / "ready"
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-tcp", log=lines.append)
+    component = port_and_file_component(tmp_path, ready_file)
+    # What depended on the dead process is cleaned up once per death, before the restart.
+    component.on_exit = lambda log: log(f"cleaned up after {component.status.value} server")
+    server = supervisor.start(component)
+    try:
+        took = supervisor.wait_healthy(server, 30)
+        assert took >= 0.4  # not before the file was written
+        first_pid = server.pid
+        os.kill(first_pid, signal.SIGKILL)
+        watch_until(supervisor, lambda: server.status is Status.BACKOFF)
+        # Dead: its file is left behind, and the port is what tells.
+        assert ready_file.exists()
+        assert not supervisor.healthy_now(server)
+        assert not TcpConnect("127.0.0.1", server.port).passes()
+        watch_until(supervisor, lambda: server.status is Status.RUNNING and server.pid != first_pid)
+        assert supervisor.healthy_now(server)
+        text = "\n".join(lines)
+        assert "server exited unexpectedly (code -9)" in text
+        assert lines.count("cleaned up after running server") == 1
+        assert text.index("cleaned up after") < text.index("Restarting server (restart 1;")
+        assert "server is healthy again" in text
+    finally:
+        supervisor.stop_all()
+    assert not session_alive(server.pid)
+    assert not session_alive(first_pid)
+
+
+def test_a_failed_start_names_the_checks_that_did_not_pass(tmp_path):
+    port = free_port()
+    never = tmp_path / "never"
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-unhealthy", log=lambda _: None)
+    # A process that runs but never listens nor writes its file.
+    silent = supervisor.start(
+        Component("silent", [sys.executable, "-c", "import time; time.sleep(600)"],
+                  dict(os.environ), tmp_path / "silent.log", restart=None,
+                  health=(TcpConnect("127.0.0.1", port), PathExists(never)))
+    )  # fmt: skip
+    try:
+        with pytest.raises(StartupError) as failed:
+            supervisor.wait_healthy(silent, 1.5)
+        assert (
+            f"silent did not become healthy (tcp 127.0.0.1:{port} and file {never}) within 2s"
+            in str(failed.value)
+        )
     finally:
         supervisor.stop_all()
 

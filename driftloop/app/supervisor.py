@@ -7,6 +7,10 @@ stack. Every process the supervisor starts carries a service id in its environme
 by everything it starts in turn (flow-run processes, their Ray workers), so stopping the stack
 can find and stop them all, and so can `driftloop down` after the supervisor was killed.
 
+A component is healthy when every one of its health checks passes: an HTTP URL answering 200
+(`health_url`, the servers), or the checks in `health` (`HttpGet`, `TcpConnect`, `PathExists`)
+for a process without an HTTP endpoint, such as the Ray head.
+
 Example:
     >>> supervisor = Supervisor(run_dir, service_id="5f0c...", log=print)
     >>> server = supervisor.start(Component("prefect-server", argv, env, log_file,
@@ -29,6 +33,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -76,6 +81,78 @@ class RestartPolicy:
         return len(self.recent(restarts, now)) >= self.max_restarts
 
 
+class HealthCheck(ABC):
+    """One cheap probe of whether a component serves. A probe must not change anything and
+    must return within a few seconds: the supervisor runs it in its loop until the component
+    is healthy (at start-up and after each restart)."""
+
+    @abstractmethod
+    def passes(self) -> bool:
+        """True if the component answers this check now."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """What is probed, for messages ("did not become healthy (...)")."""
+
+
+@dataclass(frozen=True)
+class HttpGet(HealthCheck):
+    """The URL answers 200."""
+
+    url: str
+    timeout_s: float = 2.0
+
+    def passes(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def describe(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class TcpConnect(HealthCheck):
+    """Something accepts TCP connections on the port: for a server without an HTTP endpoint
+    (e.g. Ray's GCS, which speaks only gRPC)."""
+
+    host: str
+    port: int
+    timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"TcpConnect: port {self.port} is not a TCP port")
+
+    def passes(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout_s)
+            try:
+                return sock.connect_ex((self.host, self.port)) == 0
+            except OSError:  # e.g. the host does not resolve
+                return False
+
+    def describe(self) -> str:
+        return f"tcp {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PathExists(HealthCheck):
+    """A file the component writes once it is ready exists: for a process that says so only
+    on disk. The file must be new with each start (or be checked together with something
+    that is), or a stale one from the previous run would pass."""
+
+    path: Path
+
+    def passes(self) -> bool:
+        return self.path.exists()
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
 class Status(Enum):
     STOPPED = "stopped"
     STARTING = "starting"
@@ -91,6 +168,7 @@ class Component:
     argv: list[str]
     env: dict[str, str]
     log_file: Path
+    # Shorthand for `HttpGet(health_url)` in `health`, which the servers use.
     health_url: str | None = None
     port: int | None = None
     # Some processes (a Prefect worker) only begin shutting down on the first SIGTERM and
@@ -99,7 +177,16 @@ class Component:
     cwd: Path | None = None
     # None: the component is not restarted; its exit stops the stack.
     restart: RestartPolicy | None = field(default_factory=RestartPolicy)
+    # When the component died, what is left of its session gets SIGTERM and this long to
+    # exit before SIGKILL.
+    leftover_grace_s: float = 10.0
+    # Called when the component died (after what was left of its session was stopped, before
+    # its restart): to stop what depended on the dead process and cannot recover by itself.
+    on_exit: Callable[[Log], None] | None = field(default=None, repr=False)
     startup_timeout_s: float = 90.0
+    # More health checks, all of which must pass (after `health_url`, if set). Without any,
+    # a running process counts as healthy.
+    health: tuple[HealthCheck, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     status: Status = Status.STOPPED
     restarts: list[float] = field(default_factory=list, repr=False)
@@ -109,6 +196,14 @@ class Component:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    @property
+    def health_checks(self) -> tuple[HealthCheck, ...]:
+        """Every check this component must pass to count as healthy."""
+        return ((HttpGet(self.health_url),) if self.health_url else ()) + self.health
+
+    def describe_health(self) -> str:
+        return " and ".join(c.describe() for c in self.health_checks) or "a running process"
 
 
 # From <linux/prctl.h>.
@@ -346,19 +441,14 @@ class Supervisor:
         )
 
     def healthy_now(self, component: Component) -> bool:
-        """One health probe: the health URL answers 200 (or, without one, the process runs)."""
+        """One health probe: the process runs and every health check passes (in order; the
+        first that fails ends the probe)."""
         if component.process is None or component.process.poll() is not None:
             return False
-        if component.health_url is None:
-            return True
-        try:
-            with urllib.request.urlopen(component.health_url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
+        return all(check.passes() for check in component.health_checks)
 
     def wait_healthy(self, component: Component, timeout_s: float) -> float:
-        """Block until the component answers its health URL; return seconds taken."""
+        """Block until the component passes its health checks; return seconds taken."""
         assert component.process is not None
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
@@ -373,7 +463,7 @@ class Supervisor:
                 return time.monotonic() - started
             time.sleep(0.25)
         raise StartupError(
-            f"{component.name} did not become healthy at {component.health_url} within "
+            f"{component.name} did not become healthy ({component.describe_health()}) within "
             f"{timeout_s:.0f}s. Last lines of {component.log_file}:\n{tail(component.log_file)}"
         )
 
@@ -400,12 +490,13 @@ class Supervisor:
                     # The old process still holds the port; it was just killed, so wait.
                     component.next_start_at = now + 1.0
                     continue
+                policy = component.restart
+                assert policy is not None  # only a component with a policy is in backoff
                 self._spawn(component)
                 component.restarts.append(now)
                 self.log(
                     f"Restarting {component.name} (restart {len(component.restarts)}; "
-                    f"budget {component.restart.max_restarts} per "
-                    f"{component.restart.window_s / 60:g} min)"
+                    f"budget {policy.max_restarts} per {policy.window_s / 60:g} min)"
                 )
 
     def _check_started(self, component: Component, now: float) -> None:
@@ -430,9 +521,14 @@ class Supervisor:
         )
         # Children of the old process may hold its port (MLflow's uvicorn does).
         stop_session(
-            component.process.pid, 1, 10.0, f"what was left of {component.name}", self.log,
-            reap=component.process.poll,
+            component.process.pid, 1, component.leftover_grace_s,
+            f"what was left of {component.name}", self.log, reap=component.process.poll,
         )  # fmt: skip
+        if component.on_exit is not None:
+            try:
+                component.on_exit(self.log)
+            except Exception as exc:  # the restart must not depend on it
+                self.log(f"  cleaning up after {component.name} failed: {exc!r}")
         policy = component.restart
         recent = policy.recent(component.restarts, now) if policy else []
         if policy is None or policy.exhausted(component.restarts, now):
@@ -523,8 +619,9 @@ def belongs_to(sid: int, home: Path) -> bool:
     return False
 
 
-# Stop the worker before the servers it talks to; anything unknown first of all.
-STOP_ORDER = ("prefect-worker", "mlflow-server", "prefect-server")
+# Stop the worker before what its flow runs use (their Ray, the servers); anything unknown
+# first of all.
+STOP_ORDER = ("prefect-worker", "ray-head", "mlflow-server", "prefect-server")
 
 
 def processes_using(dirs: tuple[str, ...]) -> list[int]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,11 @@ TELEMETRY_OFF: dict[str, str] = {
     "EVIDENTLY_DISABLE_TELEMETRY": "1",
     "ITERATIVE_DO_NOT_TRACK": "1",
 }
+
+
+# The ports Ray's workers listen on (`ray start`'s --min-worker-port/--max-worker-port
+# defaults); the head refuses to start with its GCS port among them.
+RAY_WORKER_PORTS = (10002, 19999)
 
 
 class DriftloopSettings(BaseSettings):
@@ -52,6 +58,23 @@ class DriftloopSettings(BaseSettings):
     notify_port: int = Field(
         default=4280, ge=1, le=65535, description="Port of the local notification receiver."
     )
+    worker: Literal["driftloop", "stock"] = Field(
+        default="driftloop",
+        description=(
+            "Which worker `driftloop up` runs on the work pool: driftloop's (woken by events) or "
+            "Prefect's stock process worker (polls every second; for comparison, bench-events)."
+        ),
+    )
+    ray_port: int = Field(
+        default=6379,
+        ge=1,
+        le=65535,
+        description=(
+            "Port of the Ray head `driftloop up` starts (its GCS; Ray's own default), which "
+            "the flow runs attach to. Not used when RAY_ADDRESS names another cluster. Not "
+            f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}: Ray keeps those for its workers."
+        ),
+    )
     notify_block: str | None = Field(
         default=None,
         description=(
@@ -69,6 +92,17 @@ class DriftloopSettings(BaseSettings):
             "at most once per this many minutes, however often the checks report it."
         ),
     )
+
+    @field_validator("ray_port")
+    @classmethod
+    def _ray_port_outside_worker_ports(cls, port: int) -> int:
+        low, high = RAY_WORKER_PORTS
+        if low <= port <= high:
+            raise ValueError(
+                f"{port} is among the ports Ray keeps for its workers ({low}-{high}); "
+                "choose another"
+            )
+        return port
 
     # --- derived locations -------------------------------------------------------------
     @cached_property
@@ -158,6 +192,11 @@ class DriftloopSettings(BaseSettings):
     @property
     def mlflow_url(self) -> str:
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def ray_address(self) -> str:
+        """The embedded Ray head, as flow runs reach it (`RAY_ADDRESS`)."""
+        return f"{self.host}:{self.ray_port}"
 
     def process_env(self) -> dict[str, str]:
         """Environment for every process driftloop starts: quiet, offline, state under home.
