@@ -94,8 +94,8 @@ deploy: install ## deploy prefect.yaml and the notification automations to PREFE
 	$(BIN)/prefect --no-prompt deploy --all
 	$(BIN)/driftloop automations
 
-worker: install ## run a process worker on the driftloop work pool (PREFECT_API_URL)
-	$(BIN)/prefect worker start --pool driftloop-process --type process
+worker: install ## run driftloop's worker on the driftloop work pool (PREFECT_API_URL)
+	$(BIN)/driftloop worker --pool driftloop-process
 
 feast: install ## run a feast CLI command in feature_repo (ARGS="feature-views list")
 	cd feature_repo && ../$(BIN)/feast $(ARGS)

@@ -71,36 +71,54 @@ def ensure_default_blocks(
 
 
 def pool_job_template(current: dict | None = None) -> dict:
-    """The process pool's base job template: Prefect's default (or the pool's current one),
-    with flow-run output *not* streamed through the worker.
+    """The pool's base job template: the process worker's default (or the pool's current
+    one), with two defaults of driftloop's:
 
-    Streamed output runs through a pipe to the worker; if the worker dies, the run's next log
-    line hits the broken pipe and the run crashes with it. Unstreamed, a run outlives its
-    worker and finishes; its logs are in the Prefect API (the run's Logs tab) either way.
+    - Flow-run output is *not* streamed through the worker. Streamed output runs through a
+      pipe to the worker; if the worker dies, the run's next log line hits the broken pipe and
+      the run crashes with it. Unstreamed, a run outlives its worker and finishes; its logs are
+      in the Prefect API (the run's Logs tab) either way.
+    - An explicit engine `command`: with one, a process worker starts `python -m
+      prefect.engine` directly, one cold interpreter per run instead of two (without one it
+      first starts a workspace supervisor, which then starts the engine).
     """
     import copy
 
-    from prefect.workers.process import ProcessWorker
+    from driftloop.app.worker import ENGINE_COMMAND, DriftloopWorker
 
-    template = copy.deepcopy(current or ProcessWorker.get_default_base_job_template())
-    template["variables"]["properties"]["stream_output"]["default"] = False
+    template = copy.deepcopy(current or DriftloopWorker.get_default_base_job_template())
+    properties = template["variables"]["properties"]
+    properties["stream_output"]["default"] = False
+    properties["command"]["default"] = ENGINE_COMMAND
     return template
 
 
 def ensure_work_pool(name: str = names.WORK_POOL) -> None:
-    """Create the process work pool the deployments run on, or bring its template up to
-    date (only `stream_output` is driftloop's; other edits to the pool are kept)."""
+    """Create the work pool the deployments run on (of driftloop's worker type), or bring its
+    template up to date (only `stream_output` and `command` are driftloop's; other edits to
+    the pool are kept). A pool of another type (a `process` pool made by an earlier
+    driftloop) is made again: a pool's type cannot change, and `driftloop up` deploys
+    prefect.yaml to the new pool right after."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    from driftloop.app.worker import WORKER_TYPE
 
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
+            pool = None
+        if pool is not None and pool.type != WORKER_TYPE:
+            client.delete_work_pool(name)
+            pool = None
+        if pool is None:
             with contextlib.suppress(ObjectAlreadyExists):
                 client.create_work_pool(
-                    WorkPoolCreate(name=name, type="process", base_job_template=pool_job_template())
+                    WorkPoolCreate(
+                        name=name, type=WORKER_TYPE, base_job_template=pool_job_template()
+                    )
                 )
             return
         wanted = pool_job_template(pool.base_job_template)

@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the embedded stack and its demo (foreground)")
     up.add_argument("--no-demo", action="store_true", help="start the services only")
     commands.add_parser("down", help="stop processes a killed `up` left behind")
+    worker = commands.add_parser(
+        "worker",
+        help="serve the work pool with driftloop's worker (woken by events; PREFECT_API_URL)",
+    )
+    worker.add_argument("--pool", default=names.WORK_POOL, help="work pool to serve")
+    worker.add_argument("--name", default=None, help="worker name")
     commands.add_parser(
         "automations",
         help="create or update the notification block and automations on the Prefect server "
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         from driftloop.app.stack import down as run_down
 
         return run_down(settings)
+    if args.command == "worker":
+        from driftloop.app.worker import main as run_worker
+
+        return run_worker(["--pool", args.pool] + (["--name", args.name] if args.name else []))
     if args.command == "automations":
         return _apply_automations(settings)
     if args.command == "add-batch":

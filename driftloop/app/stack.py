@@ -1,9 +1,11 @@
 """`driftloop up`: the embedded stack in the foreground, and `driftloop down`.
 
-Prefect server (SQLite) + MLflow server (SQLite, local artifacts)
+Prefect server (SQLite) + MLflow server (SQLite, local artifacts) + notification receiver
+  + Ray head (unless RAY_ADDRESS names a cluster), started together
   -> block types, default documents, work pool, zombie-detection automation
   -> recover runs a previous stop or crash interrupted -> demo data registry and feature repo
-  -> `prefect deploy --all` (prefect.yaml) -> a process worker on the work pool
+  -> `prefect deploy --all` (prefect.yaml) -> the Ray head is healthy
+  -> a process worker on the work pool, whose flow runs attach to the head (RAY_ADDRESS)
   -> first training run through the server -> supervise until SIGINT/SIGTERM
 
 While it runs, components that die are restarted (with backoff, within a budget), and a
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,14 +27,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from driftloop.app.recovery import RunJanitor
 from driftloop.app.supervisor import (
     Component,
+    PathExists,
     RestartBudgetExhausted,
     StartupError,
     Supervisor,
+    TcpConnect,
+    processes_using,
     stop_from_pid_files,
+    stop_processes,
     tail,
 )
 from driftloop.core import names
@@ -43,6 +51,8 @@ Log = Callable[[str], None]
 HEARTBEAT_S = 30
 # How often the service looks for runs whose process is gone.
 SWEEP_S = 30.0
+# The component that runs the Ray head the flow runs attach to.
+RAY_HEAD = "ray-head"
 
 
 def stack_env(settings: DriftloopSettings) -> dict[str, str]:
@@ -58,9 +68,6 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(settings.results_dir)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
-    # An event should start its flow run within a few seconds: the worker asks for due runs
-    # every second instead of every 10 (load on an idle local server is negligible).
-    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "1")
     # Flow runs (children of the worker) send heartbeats, which the zombie automation watches.
     env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     # Deployment concurrency leases survive a server restart on disk (under PREFECT_HOME).
@@ -81,17 +88,142 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
 
 
 def ray_state_dirs(settings: DriftloopSettings) -> tuple[str, ...]:
-    """Where the flow runs' local Ray keeps its session files (and the short link to it)."""
+    """Where Ray keeps its session files (and the short link to them): the Ray head `up`
+    starts, and the local Ray of a flow run started without one."""
     from flows.task_runners import ray_temp_path
 
     return (str(settings.ray_dir), str(ray_temp_path(settings.ray_dir)))
 
 
+def external_ray_address(env: dict[str, str]) -> str | None:
+    """The Ray cluster the caller of `up` named with RAY_ADDRESS (Ray's own convention): then
+    the flow runs use it and `up` starts no Ray head."""
+    return env.get("RAY_ADDRESS") or None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop_drivers_of_dead_head(temp_dir: Path) -> Callable[[Log], None]:
+    """When the Ray head died: stop the processes that were attached to it, the flow runs
+    whose tasks ran there.
+
+    Their Ray work is lost with the node, and they cannot recover it: the driver reconnects
+    to the restarted head (same address, a new cluster) and waits for its tasks for ever,
+    heartbeats and all, holding its deployment's concurrency slot. Stopped, a flow run ends
+    Crashed (its worker reports the exit), which frees the slot; a training that ends so does
+    not cover its data, so the new-data check announces that data again.
+
+    They are found by the files they hold in the dead head's session (each driver writes its
+    log there); `session_latest` still names that session, as the next head is not started
+    yet. The remains of the head itself were stopped before.
+    """
+
+    def stop(log: Log) -> None:
+        session = str((temp_dir / "session_latest").resolve())
+        stop_processes(
+            lambda: processes_using((session,)), term_signals=1, timeout_s=5.0,
+            name="flow runs attached to the dead Ray head", log=log,
+        )  # fmt: skip
+
+    return stop
+
+
+def ray_head(settings: DriftloopSettings, env: dict[str, str]) -> Component:
+    """`ray start --head --block`: the one Ray of the stack. Every flow run attaches to it (a
+    job per run) instead of starting a Ray of its own (~7 s, and on a busy machine it can time
+    out during start-up).
+
+    - GCS on `settings.ray_port`, every core of the machine, dashboard and usage stats off,
+      temp dir in the state folder (through a short symlink if the folder's path is too long
+      for Ray's socket paths). Token authentication off: token mode would write a token to
+      ~/.ray, and the head serves this machine's flow runs.
+    - Healthy once `ray start` is done: its GCS accepts connections, and `--block` has begun
+      to watch the node, which it does only after the raylet registered; it then creates
+      `ray_process_exit.log` in the new session (`session_latest` points at the new session
+      before its GCS listens, so an earlier head's file does not count). The GCS port and the
+      raylet's socket are up seconds earlier, but until `ray start` is done it cannot act on a
+      SIGTERM (it waits in a blocking call to the GCS), and a stop then would hang until the
+      supervisor kills it. Each probe is one syscall; `ray health-check` would be a Python
+      process importing Ray, and checks only the GCS. If a Ray upgrade renamed the file,
+      `up` would fail at start, naming this check.
+    - Started in the checkout, like the worker. Ray workers import the flows' modules by name,
+      from the editable install and from the flow run's working directory, which Ray puts on
+      the sys.path of the run's job. Ray starts fresh workers for every job, so a flow run
+      imports the checkout as it is when the run starts.
+    - Stopping it stops its whole session: `ray start`, the GCS, the raylet and the Ray
+      workers. `ray start --block` alone also stops them all on SIGTERM, which is what Linux
+      sends it if `up` is killed outright. If `ray start` dies, its GCS and raylet die with
+      it, but the raylet's agents live on and do not stop on SIGTERM without them: they get a
+      short grace before SIGKILL. The flow runs attached to it are stopped too (see
+      `_stop_drivers_of_dead_head`), then the head is restarted.
+    """
+    from flows.task_runners import ray_temp_dir
+
+    temp_dir = ray_temp_dir(settings.ray_dir)
+    head_env = {key: value for key, value in env.items() if key != "RAY_ADDRESS"}
+    head_env.update(
+        {
+            "RAY_AUTH_MODE": "disabled",
+            # On SIGTERM `ray start` first asks the GCS to drain the node, for up to 30 s by
+            # default, so that Ray Serve can move its replicas. There is nothing to drain here,
+            # and a stop must not wait for it.
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }
+    )
+    return Component(
+        name=RAY_HEAD,
+        argv=[sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+              "--port", str(settings.ray_port),
+              "--num-cpus", str(os.cpu_count() or 1),
+              "--include-dashboard=false", "--disable-usage-stats",
+              "--temp-dir", str(temp_dir),
+              # Ray's fixed defaults for these (10001, 52365) would clash with a second stack
+              # on the machine (the tests' stack beside `make up`); Ray picks the other ports
+              # at random. The Ray client server cannot be switched off.
+              "--ray-client-server-port", str(_free_port()),
+              "--dashboard-agent-listen-port", str(_free_port())],
+        env=head_env,
+        log_file=settings.logs_dir / f"{RAY_HEAD}.log",
+        port=settings.ray_port,
+        health=(
+            TcpConnect(settings.host, settings.ray_port),
+            PathExists(temp_dir / "session_latest" / "logs" / "ray_process_exit.log"),
+        ),
+        cwd=PROJECT_ROOT,
+        startup_timeout_s=settings.startup_timeout_s,
+        leftover_grace_s=2.0,
+        on_exit=_stop_drivers_of_dead_head(temp_dir),
+    )  # fmt: skip
+
+
 def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, Component]:
+    """The stack's components. The Ray head only if the caller did not name a cluster with
+    RAY_ADDRESS; the worker's flow runs (which inherit its environment) get RAY_ADDRESS
+    either way. The `driftloop-ray` block's `address`, if set, still wins over RAY_ADDRESS
+    (flows/task_runners.py)."""
     python = sys.executable
     logs = settings.logs_dir
     timeout = settings.startup_timeout_s
-    return {
+    head = None if external_ray_address(env) else ray_head(settings, env)
+    worker_env = env if head is None else {**env, "RAY_ADDRESS": settings.ray_address}
+    if settings.worker == "stock":
+        # Prefect's process worker, for comparison: it finds runs only by polling, so it
+        # polls every second (Prefect's default is 10 s).
+        worker_argv = [python, "-m", "prefect", "worker", "start", "--pool", names.WORK_POOL,
+                       "--type", "process", "--name", settings.worker_name]  # fmt: skip
+        poll_s = "1"
+    else:
+        # driftloop's worker is woken by the pool's events; its poll is only the fallback.
+        worker_argv = [python, "-m", "driftloop.app.worker", "--pool", names.WORK_POOL,
+                       "--name", settings.worker_name]  # fmt: skip
+        poll_s = "5"
+    worker_env = {**worker_env, "PREFECT_WORKER_QUERY_SECONDS": env.get(
+        "PREFECT_WORKER_QUERY_SECONDS", poll_s)}  # fmt: skip
+    components = {
         "prefect-server": Component(
             name="prefect-server",
             argv=[python, "-m", "prefect", "server", "start", "--host", settings.host,
@@ -128,15 +260,17 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
         ),
         "prefect-worker": Component(
             name="prefect-worker",
-            argv=[python, "-m", "prefect", "worker", "start", "--pool", names.WORK_POOL,
-                  "--type", "process", "--name", settings.worker_name],
-            env=env,
+            argv=worker_argv,
+            env=worker_env,
             log_file=logs / "prefect-worker.log",
             term_signals=2,
             cwd=PROJECT_ROOT,
             startup_timeout_s=timeout,
         ),
     }  # fmt: skip
+    if head is not None:
+        components[RAY_HEAD] = head
+    return components
 
 
 def deploy_all(settings: DriftloopSettings, env: dict[str, str]) -> None:
@@ -355,9 +489,18 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
     code = 0
     try:
         log(f"Starting driftloop (state in {settings.home})")
-        for name in ("prefect-server", "mlflow-server", "notify-receiver"):
+        servers = ("prefect-server", "mlflow-server", "notify-receiver")
+        head = components.get(RAY_HEAD)
+        if head is None:
+            log(
+                f"  RAY_ADDRESS is set ({external_ray_address(env)}): flow runs use that Ray "
+                "cluster, so no Ray head is started"
+            )
+        # The Ray head starts with the servers and comes up while the set-up below runs;
+        # only the worker waits for it.
+        for name in servers + ((RAY_HEAD,) if head else ()):
             supervisor.start(components[name])
-        for name in ("prefect-server", "mlflow-server", "notify-receiver"):
+        for name in servers:
             took = supervisor.wait_healthy(components[name], settings.startup_timeout_s)
             log(f"  {name} healthy after {took:.1f}s")
             if stop.is_set():
@@ -385,6 +528,12 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
                 _claim_initial_revision(revisions[-1])
         deploy_all(settings, env)
         log("  deployed prefect.yaml")
+        if head is not None:
+            # Flow runs attach to the head; none may start before it serves.
+            took = supervisor.wait_healthy(head, settings.startup_timeout_s)
+            log(f"  {RAY_HEAD} healthy after {took:.1f}s (Ray at {settings.ray_address})")
+            if stop.is_set():
+                return 130
         supervisor.start(components["prefect-worker"])
         supervisor.wait_healthy(components["prefect-worker"], 5)
 
@@ -399,13 +548,18 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             except DeploymentNotFoundError as exc:
                 raise StartupError(f"cannot start the first training: {exc}") from exc
             if not _training_in_flight(training):
+                from prefect.client.schemas.objects import FlowRun
                 from prefect.deployments import run_deployment
 
-                # run_deployment takes `<flow name>/<deployment name>`.
-                flow_run = run_deployment(
-                    f"{names.FLOW_TRAIN}/{training}",
-                    timeout=0,
-                    parameters={"trigger": {"reason": names.REASON_FIRST_START}},
+                # run_deployment takes `<flow name>/<deployment name>`; called from sync
+                # code it returns the flow run, not a coroutine.
+                flow_run = cast(
+                    FlowRun,
+                    run_deployment(
+                        f"{names.FLOW_TRAIN}/{training}",
+                        timeout=0,
+                        parameters={"trigger": {"reason": names.REASON_FIRST_START}},
+                    ),
                 )
                 watch = _TrainingWatch(flow_run.id, settings.prefect_ui_url, log)
 

@@ -1,0 +1,239 @@
+"""driftloop's worker: Prefect's process worker, woken by events and starting one interpreter.
+
+A stock process worker (Prefect 3.8) reaches a new flow run late on two counts:
+
+- It **polls** for due runs every `PREFECT_WORKER_QUERY_SECONDS`. This worker also subscribes
+  to the server's `prefect.flow-run.Scheduled` (and `AwaitingRetry`) events for its work pool
+  and polls at once when one arrives, so a run an automation creates is picked up at once.
+  The poll stays, slower, as the fallback (a missed event, a reconnect, a run scheduled for
+  later).
+- With no `command` in the job configuration it starts **two** cold interpreters per run: a
+  workspace supervisor, which then starts `python -m prefect.engine`. Given a command, Prefect
+  starts the engine directly (its `EngineCommandStarter`). The pool's base job template says
+  `python -m prefect.engine` (`ENGINE_COMMAND`, set by `driftloop.app.bootstrap`), which a
+  stock worker also honours; this worker runs it with its own interpreter, so `python` need
+  not be first on the PATH.
+
+Each run's engine gets a session of its own (as Prefect's workspace path gives it, and its
+command path does not), so a run outlives its worker: a worker killed or restarted does not
+take the runs in flight with it. Everything else is Prefect's process worker: each run in its
+own process, cancellation from the UI, a killed run process reported Crashed.
+
+It is a worker type of its own (`driftloop`, Prefect's documented extension point: a
+`ProcessWorker` subclass), and driftloop's work pool has that type. Its job template is the
+process worker's, so a stock `prefect worker start --type process` can still serve the pool
+(Prefect logs a type mismatch).
+
+Run it as `driftloop worker` (or `python -m driftloop.app.worker --pool driftloop-process`).
+
+Example:
+    >>> is_pool_scheduled_event("prefect.flow-run.Scheduled")
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+from prefect.logging import get_logger
+from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+from driftloop.core import names
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup, TaskStatus
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.workers.process import ProcessJobConfiguration
+
+# The engine command the pool's job template gives every run (one interpreter per run).
+ENGINE_COMMAND = "python -m prefect.engine"
+WORKER_TYPE = "driftloop"
+# A run becomes due for this pool when it is scheduled, or set back to run again (a resumed
+# run, the UI's Retry). A run waiting for a concurrency slot is due only seconds later, when
+# the server reschedules it: the regular poll finds it.
+WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry")
+# The event can arrive a moment before the run is readable as due; a poll right after it may
+# find nothing, so a wake polls again after these pauses (seconds).
+WAKE_POLLS_S = (0.0, 0.3, 1.0)
+LOGGER = get_logger("driftloop.worker")
+
+
+def is_pool_scheduled_event(event: str) -> bool:
+    """Whether an event announces a run due on a work pool (what wakes the worker)."""
+    return event in WAKE_EVENTS
+
+
+def engine_command(command: str | None) -> str | None:
+    """The pool's engine command run with this interpreter: `python -m prefect.engine` becomes
+    `<sys.executable> -m prefect.engine`; any other command is left as the pool says."""
+    if command is None:
+        return None
+    argv = shlex.split(command)
+    if argv[:1] == ["python"]:
+        argv[0] = sys.executable
+    return shlex.join(argv)
+
+
+class DriftloopWorker(ProcessWorker):
+    """A process worker that wakes on the work pool's `Scheduled` events.
+
+    Example:
+        >>> DriftloopWorker.type
+        'driftloop'
+    """
+
+    type: ClassVar[str] = WORKER_TYPE
+
+    _description: ClassVar[str] = (
+        "Prefect's process worker, woken by the server's events for its work pool and starting "
+        "the engine in one interpreter."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake_group: TaskGroup | None = None
+        # Counted for the benchmark and the tests: how each run was found.
+        self.woken_by_event = 0
+
+    async def setup(self) -> None:
+        """Prefect's worker set-up, then the event subscription that wakes it."""
+        await super().setup()
+        self._wake_group = anyio.create_task_group()
+        await self._wake_group.__aenter__()
+        self._wake_group.start_soon(self._wake_on_scheduled_runs)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        """Stop listening for events, then Prefect's teardown."""
+        if self._wake_group is not None:
+            self._wake_group.cancel_scope.cancel()
+            await self._wake_group.__aexit__(None, None, None)
+            self._wake_group = None
+        await super().teardown(*exc_info)
+
+    async def _wake_on_scheduled_runs(self) -> None:
+        """Poll for due runs whenever the server schedules one on this pool. A lost
+        connection is retried by Prefect's subscriber; if it gives up, the worker goes on
+        polling at its normal interval and says so."""
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+        while True:  # the worker's first sync with the server reads the pool (and its id)
+            try:
+                pool = self.work_pool
+                break
+            except RuntimeError:
+                await anyio.sleep(0.2)
+        event_filter = EventFilter(
+            event=EventNameFilter(name=list(WAKE_EVENTS)),
+            related=EventRelatedFilter(
+                resources_in_roles=[(f"prefect.work-pool.{pool.id}", "work-pool")]
+            ),
+        )
+        try:
+            async with get_events_subscriber(filter=event_filter) as subscriber:
+                LOGGER.info("Woken by %s events of work pool %r", WAKE_EVENTS, pool.name)
+                async for event in subscriber:
+                    if is_pool_scheduled_event(event.event):
+                        await self._poll_now()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            LOGGER.warning(
+                "Event subscription ended (%s: %s); polling every %ss only",
+                type(exc).__name__, exc, self.heartbeat_interval_seconds,
+            )  # fmt: skip
+
+    async def _poll_now(self) -> None:
+        for pause in WAKE_POLLS_S:
+            await anyio.sleep(pause)
+            submitted = await self.get_and_submit_flow_runs()
+            if submitted:
+                self.woken_by_event += len(submitted)
+                for flow_run in submitted:
+                    LOGGER.info("Picked up flow run %s on its event", flow_run.id)
+                return
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        """Start the run's engine in a process (and session) of its own and wait for it.
+
+        Prefect's `ProcessWorker.run` with a command, except that the engine gets its own
+        session, so a run outlives its worker (see `driftloop.app._prefect_runner`). The
+        command is the pool's, with `python` meaning this worker's interpreter.
+        """
+        from prefect.flows import load_flow_from_flow_run
+
+        from driftloop.app._prefect_runner import EngineCommandStarter, FlowRunExecutorContext
+
+        if task_status is None:
+            task_status = anyio.TASK_STATUS_IGNORED
+        command = engine_command(configuration.command) or f"{sys.executable} -m prefect.engine"
+        working_dir = (
+            tempfile.TemporaryDirectory(suffix="prefect")
+            if not configuration.working_dir
+            else contextlib.nullcontext(configuration.working_dir)
+        )
+        execution = None
+        with working_dir as folder:
+            async with FlowRunExecutorContext() as context:
+                starter = EngineCommandStarter(
+                    command=command,
+                    cwd=Path(folder).resolve(),
+                    env=configuration.env,
+                    stream_output=configuration.stream_output,
+                    control_channel=context.control_channel,
+                    isolate_process_group=True,
+                )
+                executor = context.create_executor(
+                    flow_run, starter, resolve_flow=load_flow_from_flow_run,
+                    propose_submitting=False,
+                )  # fmt: skip
+
+                async def execute(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+                    nonlocal execution
+                    execution = await executor.submit(task_status=task_status)
+
+                async with anyio.create_task_group() as group:
+                    handle = await group.start(execute)
+                    if handle.pid is None:
+                        raise RuntimeError("Flow run process has no PID")
+                    task_status.started(handle.pid)
+        if execution is None or execution.status_code is None:
+            raise RuntimeError("Failed to start flow run process.")
+        return ProcessWorkerResult(
+            status_code=execution.status_code, identifier=str(execution.handle.pid)
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`driftloop worker`: serve the work pool until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default=names.WORK_POOL, help="work pool to serve")
+    parser.add_argument("--name", default=None, help="worker name (default: generated)")
+    args = parser.parse_args(argv)
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    # As `prefect worker start` does: the first SIGTERM or SIGINT stops taking runs and lets
+    # the worker shut down; a second one kills it.
+    setup_signal_handlers_worker(os.getpid(), "the driftloop worker", print)
+    worker = DriftloopWorker(work_pool_name=args.pool, name=args.name)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(partial(worker.start, with_healthcheck=False, printer=print))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
