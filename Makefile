@@ -28,6 +28,9 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 # Trust the platform's certificate store (as pip and git do), not only uv's bundled roots:
 # behind a TLS-inspecting proxy the install works without SSL_CERT_FILE in the environment.
 export UV_SYSTEM_CERTS := 1
+# `python` is the project's interpreter for what make starts (the work pool's engine command is
+# `python -m prefect.engine`, which a stock process worker runs from the PATH).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help install up down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events deploy worker feast clean distclean
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from driftloop.core import names
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
+    # Prefect keeps its profiles and caches under PREFECT_HOME (~/.prefect by default); every
+    # command keeps them in the state folder unless the caller chose a home for Prefect.
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
 
     if args.command == "up":
         from driftloop.app.stack import up as run_up
@@ -177,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "automations":
         return _apply_automations(settings)
     if args.command == "add-batch":
-        import os
-
         from driftloop.app.demo.churn import STRONG_DRIFT, DriftSpec
         from driftloop.app.demo.setup import add_batch
 

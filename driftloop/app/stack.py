@@ -68,6 +68,12 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(settings.results_dir)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     env["PYTHONUNBUFFERED"] = "1"
+    # `python` means this environment's interpreter for every process the service starts: the
+    # pool's engine command is `python -m prefect.engine`, which a stock process worker runs
+    # from the PATH.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([venv_bin, *(p for p in env.get("PATH", "").split(os.pathsep)
+                                               if p and p != venv_bin)])  # fmt: skip
     # Flow runs (children of the worker) send heartbeats, which the zombie automation watches.
     env.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     # Deployment concurrency leases survive a server restart on disk (under PREFECT_HOME).
