@@ -8,6 +8,7 @@ it is never left looking like it is running.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger
@@ -60,32 +61,20 @@ def _settle(
     state = future.state
     # Prefect names every state, after its type when no name is given.
     state_name = state.name or state.type.value
-    task_run_id = str(future.task_run_id)
+    outcome = partial(
+        TrialOutcome, number=number, label=label, spec=spec,
+        task_run_id=str(future.task_run_id), state=state_name,
+    )  # fmt: skip
     if state.is_completed():
         result: TrialResult = future.result()
-        result = result.model_copy(update={"number": number, "label": label})
-        return TrialOutcome(
-            number=number,
-            label=label,
-            spec=spec,
-            task_run_id=task_run_id,
-            state=state_name,
-            result=result,
-        )
+        return outcome(result=result.model_copy(update={"number": number, "label": label}))
     error = state.message or state_name
     if state.is_crashed():
         _report_crash(
             future, f"trial-{number:02d} {label}", f"Ray could not finish the trial: {error}"
         )
     get_run_logger().warning("Trial %d (%s) ended %s: %s", number, label, state_name, error)
-    return TrialOutcome(
-        number=number,
-        label=label,
-        spec=spec,
-        task_run_id=task_run_id,
-        state=state_name,
-        error=error,
-    )
+    return outcome(error=error)
 
 
 def search_models(
