@@ -1,10 +1,14 @@
 """driftloop's worker on a real Prefect server: woken by the pool's Scheduled events (its poll
 is set to 60 s here, so only the event can explain a quick pick-up), one interpreter per run
-(the engine's parent is the worker itself), and a killed run process recorded Crashed."""
+(the engine's parent is the worker itself), a killed run process recorded Crashed, and warm
+engines: started before their runs, cancelled from the UI, crashed, recycled when the code
+changes or they idle too long, and bypassed (with the reason logged) for a run they do not
+match."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +34,35 @@ def test_the_private_prefect_apis_the_worker_uses_still_exist():
     assert hasattr(_prefect_runner.FlowRunExecutorContext, "create_executor")
     # Set when the context is entered: read from its source, as entering needs a running loop.
     assert "self.control_channel" in inspect.getsource(_prefect_runner.FlowRunExecutorContext)
+    # What the warm engines' starter implements and builds.
+    start = inspect.signature(_prefect_runner.ProcessStarter.start).parameters
+    missing = [p for p in _prefect_runner.PROCESS_STARTER_PARAMETERS if p not in start]
+    assert not missing, f"ProcessStarter.start lost {missing}: update _prefect_runner.py"
+    fields = _prefect_runner.ProcessHandle.__dataclass_fields__
+    missing = [f for f in _prefect_runner.PROCESS_HANDLE_FIELDS if f not in fields]
+    assert not missing, f"ProcessHandle lost {missing}: update _prefect_runner.py"
+    assert callable(_prefect_runner.isolated_termination_scope)
+
+
+def test_a_warm_engine_is_its_runs_process_only_if_it_started_before_the_hand_over():
+    """The zombie sweep's rule: a cold engine's environment names its run; a warm engine's
+    cannot, so its start time must precede the run's hand-over (a reused PID starts later)."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Running
+
+    from driftloop.app.recovery import names_the_run
+
+    running = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    run = FlowRun(id=uuid4(), flow_id=uuid4(), start_time=running, state=Running())
+    warm = ["python", "-m", "driftloop.app.engine_process", "flows.training"]
+    assert names_the_run({"PREFECT__FLOW_RUN_ID": str(run.id)}, ["python"], 0.0, run)
+    assert not names_the_run({"PREFECT__FLOW_RUN_ID": "other"}, ["python"], 0.0, run)
+    assert names_the_run({}, warm, running.timestamp() - 60, run)
+    assert not names_the_run({}, warm, running.timestamp() + 1, run)  # a reused PID
+    assert not names_the_run({}, ["python", "other.py"], running.timestamp() - 60, run)
 
 
 def test_the_engine_runs_on_the_workers_own_interpreter():
@@ -40,26 +73,22 @@ def test_the_engine_runs_on_the_workers_own_interpreter():
     assert not is_pool_scheduled_event("prefect.flow-run.Running")
 
 
-@pytest.fixture
-def pool_and_worker(prefect_server, tmp_path: Path):
-    """A work pool made as `driftloop up` makes it, and `driftloop worker` serving it."""
-    from driftloop.app.bootstrap import ensure_work_pool
+WARM_STARTED = re.compile(r"Warm engine (\d+) started")
 
-    pool = unique("pool")
-    ensure_work_pool(pool)
-    log = tmp_path / "worker.log"
-    env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "60", "PREFECT_LOGGING_LEVEL": "INFO"}
-    with log.open("wb") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.app.worker", "--pool", pool],
-            cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while "Woken by ('prefect.flow-run.Scheduled'" not in log.read_text():
-        assert worker.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
+
+def warm_engines_started(log: Path) -> list[int]:
+    return [int(pid) for pid in WARM_STARTED.findall(log.read_text())]
+
+
+def wait_for_log(log: Path, pattern: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, log.read_text()):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{log.read_text()}"
         time.sleep(0.2)
-    yield pool, log
+
+
+def stop(worker: subprocess.Popen) -> None:
     worker.send_signal(signal.SIGTERM)
     try:
         worker.wait(timeout=30)
@@ -68,7 +97,45 @@ def pool_and_worker(prefect_server, tmp_path: Path):
         worker.wait()
 
 
-def _deploy(pool: str, entrypoint: str) -> str:
+@pytest.fixture
+def start_worker(prefect_server, tmp_path: Path):
+    """Start `driftloop worker` on a new work pool made as `driftloop up` makes it; returns
+    (pool, log, process), once it listens for events and, with warm engines, one is started."""
+    from driftloop.app.bootstrap import ensure_work_pool
+
+    workers: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None):
+        pool = unique("pool")
+        ensure_work_pool(pool)
+        log = tmp_path / f"{pool}.log"
+        env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "60",
+               "PREFECT_LOGGING_LEVEL": "INFO", **(env or {})}  # fmt: skip
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "driftloop.app.worker", "--pool", pool, *args],
+                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        workers.append(worker)
+        wait_for_log(log, r"Woken by \('prefect.flow-run.Scheduled'", worker)
+        if "--warm-engines=0" not in args:
+            wait_for_log(log, WARM_STARTED.pattern, worker)
+        return pool, log, worker
+
+    yield start
+    for worker in workers:
+        stop(worker)
+
+
+@pytest.fixture
+def pool_and_worker(start_worker):
+    """A work pool and `driftloop worker` serving it, with its default warm engine."""
+    pool, log, _ = start_worker()
+    return pool, log
+
+
+def _deploy(pool: str, entrypoint: str, job_variables: dict | None = None) -> str:
     from prefect.client.orchestration import get_client
     from prefect.flows import load_flow_from_entrypoint
 
@@ -78,9 +145,18 @@ def _deploy(pool: str, entrypoint: str) -> str:
         return str(
             client.create_deployment(
                 flow_id=flow_id, name=unique("dep"), entrypoint=entrypoint,
-                path=str(PROJECT_ROOT), work_pool_name=pool,
+                path=str(PROJECT_ROOT), work_pool_name=pool, job_variables=job_variables,
             )
         )  # fmt: skip
+
+
+def _run(deployment_id: str, **parameters):
+    """Run the deployment and wait for its end."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+    return _wait_final(flow_run.id)
 
 
 def _wait_final(flow_run_id, timeout: float = 120):
@@ -139,9 +215,10 @@ def test_a_run_outlives_its_worker(pool_and_worker, tmp_path: Path):
 
 
 def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Path):
+    """On the warm path: the run's engine was started before the run."""
     from prefect.client.orchestration import get_client
 
-    pool, _ = pool_and_worker
+    pool, log = pool_and_worker
     deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
     pid_file = tmp_path / "pid"
     with get_client(sync_client=True) as client:
@@ -152,6 +229,132 @@ def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Pat
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.2)
-    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    pid = int(pid_file.read_text())
+    assert pid in warm_engines_started(log), log.read_text()
+    os.kill(pid, signal.SIGKILL)
     run = _wait_final(flow_run.id)
     assert run.state.is_crashed(), run.state
+
+
+# --- warm engines ---------------------------------------------------------------------------
+def test_runs_start_in_engines_started_before_them(pool_and_worker):
+    """Each run gets a warm engine of its own (a new one is started after each hand-over), and
+    the zombie sweep sees a warm engine as its run's live process."""
+    pool, log = pool_and_worker
+    deployment_id = _deploy(pool, "tests.worker_flows.engine_facts")
+    pids = []
+    for _ in range(2):
+        started = warm_engines_started(log)
+        run = _run(deployment_id)
+        assert run.state.is_completed(), run.state
+        pid = run.state.result()["pid"]
+        assert pid in started, (pid, started)  # started before the run was created
+        assert f"Flow run {run.id} starts in warm engine {pid}" in log.read_text()
+        pids.append(pid)
+        deadline = time.monotonic() + 30  # its replacement starts a few seconds later
+        while len(warm_engines_started(log)) == len(started):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    assert pids[0] != pids[1]
+
+
+def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path: Path):
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from driftloop.app.recovery import run_process_alive
+
+    pool, log = pool_and_worker
+    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
+    pid_file = tmp_path / "pid"
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"pid_file": str(pid_file)}
+        )
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        pid = int(pid_file.read_text())
+        assert pid in warm_engines_started(log), log.read_text()
+        assert run_process_alive(pid, client.read_flow_run(flow_run.id))  # not a zombie
+        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)  # the UI's Cancel
+    run = _wait_final(flow_run.id, timeout=60)
+    assert run.state.is_cancelled(), run.state
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_code_change_recycles_the_warm_engines(start_worker, tmp_path: Path, monkeypatch):
+    """An edited flow module is what the next run executes, never the module the idle engine
+    imported before the edit."""
+    package = tmp_path / "editable_flows"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    module = package / "versioned.py"
+    source = (
+        "from prefect import flow\n\n\n"
+        "@flow(name='worker-versioned', persist_result=True)\n"
+        "def versioned() -> int:\n    return {}\n"
+    )
+    module.write_text(source.format(1))
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process imports it to deploy it
+    pool, log, worker = start_worker(env={"PYTHONPATH": str(tmp_path)})
+    deployment_id = _deploy(pool, "editable_flows.versioned.versioned")
+    wait_for_log(log, r"pre-imports editable_flows\.versioned", worker)  # knows the deployment
+    run = _run(deployment_id)
+    assert run.state.result() == 1
+    assert f"Flow run {run.id} starts in warm engine" in log.read_text()
+
+    wait_for_log(log, r"Warm engine \d+ started \(pre-imports editable_flows", worker)
+    idle = warm_engines_started(log)[-1]
+    module.write_text(source.format(2))
+    stat = module.stat()
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    wait_for_log(log, rf"Recycling warm engine {idle}: the flows' code changed", worker)
+    run = _run(deployment_id)
+    assert run.state.result() == 2, log.read_text()
+
+
+def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
+    """A deployment with an environment of its own starts cold, naming the variable (not its
+    value); the engines then learn its spec, and its next run is warm."""
+    pool, log, worker = start_worker()
+    deployment_id = _deploy(
+        pool, "tests.worker_flows.engine_facts",
+        job_variables={"env": {"DRIFTLOOP_TEST_SECRET": "s3cr3t"}},
+    )  # fmt: skip
+    run = _run(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
+    assert run.state.result()["value"] == "s3cr3t"
+    text = log.read_text()
+    assert (
+        f"Flow run {run.id} starts in a cold engine: the run differs from the idle engines "
+        "in the environment (DRIFTLOOP_TEST_SECRET)"
+    ) in text, text
+    assert "s3cr3t" not in text
+    wait_for_log(log, r"starts in a cold engine[\s\S]*" + WARM_STARTED.pattern, worker)
+    run = _run(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
+    assert run.state.result()["value"] == "s3cr3t"
+    assert f"Flow run {run.id} starts in warm engine" in log.read_text()
+
+
+def test_idle_engines_are_recycled_and_none_outlives_the_worker(start_worker):
+    import psutil
+
+    _, log, worker = start_worker("--warm-idle-s", "2")
+    first = warm_engines_started(log)[0]
+    wait_for_log(log, rf"Recycling warm engine {first}: idle for 2s", worker)
+    wait_for_log(log, r"Warm engine (?!{first})\d+ started".replace("{first}", str(first)),
+                 worker)  # fmt: skip
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
+    stop(worker)
+    alive = [pid for pid in warm_engines_started(log) if psutil.pid_exists(pid)]
+    assert not alive, log.read_text()  # the worker waited for them
+
+
+def test_no_warm_engines_means_cold_runs(start_worker):
+    pool, log, _ = start_worker("--warm-engines=0")
+    run = _run(_deploy(pool, "tests.worker_flows.engine_facts"))
+    assert run.state.is_completed(), run.state
+    assert f"Flow run {run.id} starts in a cold engine: warm engines are off" in log.read_text()
+    assert not warm_engines_started(log)

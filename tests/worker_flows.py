@@ -21,3 +21,9 @@ def sleeper(pid_file: str, seconds: float = 120.0) -> None:
     with open(pid_file, "w") as handle:
         handle.write(str(os.getpid()))
     time.sleep(seconds)
+
+
+@flow(name="worker-engine-facts", persist_result=True)
+def engine_facts(variable: str = "") -> dict:
+    """This run's engine: its PID, and the value of an environment variable."""
+    return {"pid": os.getpid(), "value": os.environ.get(variable) if variable else None}

@@ -41,8 +41,6 @@ from driftloop.core.interruptions import (
 )
 
 if TYPE_CHECKING:
-    from uuid import UUID
-
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun
 
@@ -54,16 +52,39 @@ WORKER_LABEL = "prefect.worker.name"
 
 
 # --- processes ------------------------------------------------------------------------------
-def run_process_alive(pid: int | None, flow_run_id: UUID | str) -> bool:
-    """Does the run's process live on this machine? Its environment names the run, which
-    guards against a PID that was reused by an unrelated process."""
+# A warm engine (driftloop.app.engine_process) is started before its run exists.
+WARM_ENGINE_MODULE = "driftloop.app.engine_process"
+
+
+def names_the_run(
+    environ: dict[str, str], cmdline: list[str], created: float, run: FlowRun
+) -> bool:
+    """Is a process with this environment, command line and start time the run's engine?
+
+    A cold engine's environment names its run. A warm engine learns its run after it
+    started, and the environment Linux shows (`/proc/<pid>/environ`) is the one a process
+    started with: it cannot name the run. A warm engine is the run's if it started before the
+    run was handed to it: the run's first `Running` time, or (not yet running) the time of
+    its current state. A process that reused the PID of a run's dead engine started later.
+    """
+    if environ.get("PREFECT__FLOW_RUN_ID") == str(run.id):
+        return True
+    if WARM_ENGINE_MODULE not in cmdline:
+        return False
+    handed_over = run.start_time or (run.state.timestamp if run.state else None)
+    return handed_over is not None and created <= handed_over.timestamp()
+
+
+def run_process_alive(pid: int | None, run: FlowRun) -> bool:
+    """Does the run's process live on this machine? Its environment (or, for a warm engine,
+    its start time) tells it from an unrelated process that reused the PID."""
     if pid is None:
         return False
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return process.environ().get("PREFECT__FLOW_RUN_ID") == str(flow_run_id)
+        return names_the_run(process.environ(), process.cmdline(), process.create_time(), run)
     except psutil.AccessDenied:
         return True  # it exists and is not ours to inspect: do not call it dead
     except psutil.Error:
@@ -86,7 +107,9 @@ def stop_run_processes(run: FlowRun, log: Log) -> None:
         found = {p.pid for p in processes_with_env("PREFECT__FLOW_RUN_ID", str(run.id))}
         # The session is the run's while its leader is the run's process, or is gone. A live
         # process with that number that is not the run's got a reused PID: not ours to stop.
-        if pid is not None and (pid in found or not psutil.pid_exists(pid)):
+        if pid is not None and (
+            pid in found or run_process_alive(pid, run) or not psutil.pid_exists(pid)
+        ):
             found.update(session_members(pid))
         return sorted(found)
 
@@ -169,7 +192,7 @@ class RunJanitor:
             for run in self._runs(client, IN_FLIGHT):
                 state_type = run.state.type.value if run.state else "PENDING"
                 pid = _pid(run)
-                alive = run_process_alive(pid, run.id)
+                alive = run_process_alive(pid, run)
                 if state_type == "CANCELLING":
                     self._settle_cancelling(client, run, alive, _age_s(run, now))
                     continue
@@ -216,7 +239,7 @@ class RunJanitor:
                     continue
                 if run.state and run.state.timestamp and now - run.state.timestamp > max_age:
                     continue
-                if run_process_alive(_pid(run), run.id):
+                if run_process_alive(_pid(run), run):
                     continue  # crashed by a late heartbeat, but still working
                 resumes = sum(
                     1

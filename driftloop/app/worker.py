@@ -48,12 +48,24 @@ from prefect.logging import get_logger
 from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
+from driftloop.app.warm_engines import (
+    EngineSpec,
+    WarmEngines,
+    WarmEngineStarter,
+    entrypoint_module,
+    split_environment,
+)
 from driftloop.core import names
+from driftloop.core.settings import get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from anyio.abc import TaskGroup, TaskStatus
-    from prefect.client.schemas.objects import FlowRun
+    from prefect.client.schemas.objects import FlowRun, WorkPool
     from prefect.workers.process import ProcessJobConfiguration
+
+    from driftloop.app._prefect_runner import ProcessStarter
 
 # The engine command the pool's job template gives every run (one interpreter per run).
 ENGINE_COMMAND = "python -m prefect.engine"
@@ -67,11 +79,23 @@ WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry")
 WAKE_POLLS_S = (0.0, 0.3, 1.0)
 LOGGER = get_logger("driftloop.worker")
 RESUBSCRIBE_AFTER_S = 30.0
+# How often the idle warm engines are checked (exited, idle too long, code or deployments
+# changed) and topped up.
+MAINTAIN_ENGINES_S = 2.0
 
 
 def is_pool_scheduled_event(event: str) -> bool:
     """Whether an event announces a run due on a work pool (what wakes the worker)."""
     return event in WAKE_EVENTS
+
+
+def run_environment(job_env: Mapping[str, str | None]) -> dict[str, str | None]:
+    """A run's environment as Prefect's `EngineCommandStarter` builds it: this process's, then
+    the job's, then Prefect's settings as set here (they win)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings().to_environment_variables(exclude_unset=True)
+    return {**os.environ, **job_env, **settings}
 
 
 def engine_command(command: str | None) -> str | None:
@@ -100,24 +124,79 @@ class DriftloopWorker(ProcessWorker):
         "the engine in one interpreter."
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        warm_engines: int = 1,
+        warm_idle_s: float = 900.0,
+        warm_imports: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._wake_group: TaskGroup | None = None
+        self.engines = WarmEngines(warm_engines, warm_idle_s, warm_imports)
 
     async def setup(self) -> None:
-        """Prefect's worker set-up, then the event subscription that wakes it."""
+        """Prefect's worker set-up, then the event subscription that wakes it and the loop
+        that keeps engines warm."""
         await super().setup()
         self._wake_group = anyio.create_task_group()
         await self._wake_group.__aenter__()
         self._wake_group.start_soon(self._wake_on_scheduled_runs)
+        if self.engines.enabled:
+            self._wake_group.start_soon(self._keep_engines_warm)
 
     async def teardown(self, *exc_info: Any) -> None:
-        """Stop listening for events, then Prefect's teardown."""
+        """Stop listening for events, retire the idle engines, then Prefect's teardown."""
         if self._wake_group is not None:
             self._wake_group.cancel_scope.cancel()
             await self._wake_group.__aexit__(None, None, None)
             self._wake_group = None
+        with anyio.CancelScope(shield=True):  # also when the worker stops on a signal
+            await self.engines.close()
         await super().teardown(*exc_info)
+
+    async def _synced_pool(self) -> WorkPool:
+        """The work pool, once the worker's first sync with the server has read it."""
+        while True:
+            try:
+                return self.work_pool
+            except RuntimeError:
+                await anyio.sleep(0.2)
+
+    async def _keep_engines_warm(self) -> None:
+        """Every few seconds: learn the pool's flow modules from its deployments, then let
+        the warm engines recycle and top up. Before the first run, the engines are started
+        as the pool's job template would start a run."""
+        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+        from prefect.workers.process import ProcessJobConfiguration
+
+        while True:
+            try:
+                pool = await self._synced_pool()
+                if self.engines.wanted is None:
+                    config = await ProcessJobConfiguration.from_template_and_values(
+                        pool.base_job_template, {}, client=self.client
+                    )
+                    command = engine_command(config.command) or (
+                        f"{sys.executable} -m prefect.engine"
+                    )
+                    self.engines.wanted = EngineSpec.of(
+                        command, run_environment(config.env or {}), config.working_dir,
+                        config.stream_output,
+                    )  # fmt: skip
+                deployments = await self.client.read_deployments(
+                    work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool.name]))
+                )
+                self.engines.flow_modules = tuple(
+                    sorted({m for d in deployments if (m := entrypoint_module(d.entrypoint))})
+                )
+                await self.engines.maintain()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:  # the next pass tries again; runs start cold meanwhile
+                LOGGER.warning("Keeping engines warm failed (%s: %s)", type(exc).__name__, exc)
+            await anyio.sleep(MAINTAIN_ENGINES_S)
 
     async def _wake_on_scheduled_runs(self) -> None:
         """Poll for due runs whenever the server schedules one on this pool. A lost
@@ -126,12 +205,7 @@ class DriftloopWorker(ProcessWorker):
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
-        while True:  # the worker's first sync with the server reads the pool (and its id)
-            try:
-                pool = self.work_pool
-                break
-            except RuntimeError:
-                await anyio.sleep(0.2)
+        pool = await self._synced_pool()
         event_filter = EventFilter(
             event=EventNameFilter(name=list(WAKE_EVENTS)),
             related=EventRelatedFilter(
@@ -175,9 +249,11 @@ class DriftloopWorker(ProcessWorker):
     ) -> ProcessWorkerResult:
         """Start the run's engine in a process (and session) of its own and wait for it.
 
-        Prefect's `ProcessWorker.run` with a command, except that the engine gets its own
-        session, so a run outlives its worker (see `driftloop.app._prefect_runner`). The
-        command is the pool's, with `python` meaning this worker's interpreter.
+        A warm engine takes the run if one matches it (`driftloop.app.warm_engines`);
+        otherwise this is Prefect's `ProcessWorker.run` with a command, except that the
+        engine gets its own session, so a run outlives its worker (see
+        `driftloop.app._prefect_runner`). The command is the pool's, with `python` meaning
+        this worker's interpreter.
         """
         from prefect.flows import load_flow_from_flow_run
 
@@ -186,22 +262,37 @@ class DriftloopWorker(ProcessWorker):
         if task_status is None:
             task_status = anyio.TASK_STATUS_IGNORED
         command = engine_command(configuration.command) or f"{sys.executable} -m prefect.engine"
-        working_dir = (
-            tempfile.TemporaryDirectory(suffix="prefect")
-            if not configuration.working_dir
-            else contextlib.nullcontext(configuration.working_dir)
+        env = run_environment(configuration.env)
+        engine, reason = self.engines.take(
+            EngineSpec.of(command, env, configuration.working_dir, configuration.stream_output)
         )
+        if engine is not None:
+            LOGGER.info("Flow run %s starts in warm engine %s", flow_run.id, engine.pid)
+            working_dir: Any = contextlib.nullcontext(None)  # the engine has its folder
+        else:
+            LOGGER.info("Flow run %s starts in a cold engine: %s", flow_run.id, reason)
+            working_dir = (
+                tempfile.TemporaryDirectory(suffix="prefect")
+                if not configuration.working_dir
+                else contextlib.nullcontext(configuration.working_dir)
+            )
         execution = None
         with working_dir as folder:
             async with FlowRunExecutorContext() as context:
-                starter = EngineCommandStarter(
-                    command=command,
-                    cwd=Path(folder).resolve(),
-                    env=configuration.env,
-                    stream_output=configuration.stream_output,
-                    control_channel=context.control_channel,
-                    isolate_process_group=True,
-                )
+                starter: ProcessStarter
+                if engine is not None:
+                    starter = WarmEngineStarter(
+                        engine, split_environment(env)[1], context.control_channel
+                    )
+                else:
+                    starter = EngineCommandStarter(
+                        command=command,
+                        cwd=Path(folder).resolve(),
+                        env=configuration.env,
+                        stream_output=configuration.stream_output,
+                        control_channel=context.control_channel,
+                        isolate_process_group=True,
+                    )
                 executor = context.create_executor(
                     flow_run, starter, resolve_flow=load_flow_from_flow_run,
                     propose_submitting=False,
@@ -228,13 +319,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=names.WORK_POOL, help="work pool to serve")
     parser.add_argument("--name", default=None, help="worker name (default: generated)")
+    settings = get_settings()
+    parser.add_argument(
+        "--warm-engines",
+        type=int,
+        default=settings.warm_engines,
+        help="engine processes kept ready for the next runs (0: none)",
+    )
+    parser.add_argument(
+        "--warm-idle-s",
+        type=float,
+        default=settings.warm_engine_idle_s,
+        help="an idle warm engine is replaced after this many seconds",
+    )
     args = parser.parse_args(argv)
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
     # As `prefect worker start` does: the first SIGTERM or SIGINT stops taking runs and lets
     # the worker shut down; a second one kills it.
     setup_signal_handlers_worker(os.getpid(), "the driftloop worker", print)
-    worker = DriftloopWorker(work_pool_name=args.pool, name=args.name)
+    worker = DriftloopWorker(
+        work_pool_name=args.pool, name=args.name, warm_engines=args.warm_engines,
+        warm_idle_s=args.warm_idle_s, warm_imports=settings.warm_import_modules,
+    )  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(partial(worker.start, with_healthcheck=False, printer=print))
     return 0

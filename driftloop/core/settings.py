@@ -65,6 +65,28 @@ class DriftloopSettings(BaseSettings):
             "Prefect's stock process worker (polls every second; for comparison, bench-events)."
         ),
     )
+    warm_engines: int = Field(
+        default=1,
+        ge=0,
+        le=4,
+        description=(
+            "Flow-run engine processes driftloop's worker keeps started, with Prefect and the "
+            "flows imported, for the next runs (0: every run starts a cold interpreter)."
+        ),
+    )
+    warm_engine_idle_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="An idle warm engine is replaced by a fresh one after this many seconds.",
+    )
+    warm_imports: str = Field(
+        default="mlflow",
+        pattern=r"^[A-Za-z0-9_.,]*$",
+        description=(
+            "Comma-separated modules each warm engine imports besides Prefect and the work "
+            "pool's flow modules (every driftloop flow uses MLflow's client)."
+        ),
+    )
     ray_port: int = Field(
         default=6379,
         ge=1,
@@ -166,6 +188,11 @@ class DriftloopSettings(BaseSettings):
     def run_dir(self) -> Path:
         """PID files of the processes ``driftloop up`` started."""
         return self.home / "run"
+
+    @property
+    def warm_import_modules(self) -> tuple[str, ...]:
+        """`warm_imports` as module names."""
+        return tuple(m for m in self.warm_imports.split(",") if m)
 
     @cached_property
     def worker_name(self) -> str:
