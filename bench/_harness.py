@@ -1,17 +1,24 @@
-"""A throwaway embedded stack for benchmarks: temp state, a real Prefect server, the demo.
+"""Throwaway stacks for benchmarks, in temporary state folders with their own ports.
 
-Import this module (and call `configure`) before anything imports Prefect: Prefect reads its
-settings from the environment when it is first imported.
+- `Stack`: the whole service, `driftloop up`, measured the way a user triggers work.
+- `configure` + `PrefectServer`: a Prefect server alone, for in-process figures. Import this
+  module (and call `configure`) before anything imports Prefect: Prefect reads its settings
+  from the environment when it is first imported.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
+import time
+from datetime import datetime
 from pathlib import Path
 
 from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
@@ -77,6 +84,72 @@ class PrefectServer:
         APILogWorker.drain_all(timeout=10)
         EventsWorker.drain_all(timeout=10)
         self.supervisor.stop_all()
+
+
+class Stack:
+    """`driftloop up` in a temporary checkout-like folder, with ports of its own."""
+
+    def __init__(self, worker: str = "driftloop") -> None:
+        self.worker = worker
+        self.root = Path(tempfile.mkdtemp(prefix="driftloop-bench-stack-"))
+        shutil.copytree(PROJECT_ROOT / "feature_repo", self.root / "feature_repo")
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env.update(
+            {
+                **TELEMETRY_OFF,
+                "DRIFTLOOP_HOME": str(self.root / ".driftloop"),
+                "DRIFTLOOP_FEATURE_REPO": str(self.root / "feature_repo"),
+                "DRIFTLOOP_PREFECT_PORT": str(self.prefect_port),
+                "DRIFTLOOP_MLFLOW_PORT": str(self.mlflow_port),
+                "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
+                "DRIFTLOOP_RAY_PORT": str(free_port()),
+                "DRIFTLOOP_WORKER": worker,
+            }
+        )
+        self.api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
+        self.lines: list[str] = []
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "driftloop.app.cli", "up"], env=self.env, cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"{text!r} not seen:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value).timestamp() if value else None
+
+
+def api_client():
+    """Prefect's own HTTP client: it retries a 503 from the busy SQLite server, as the UI's
+    and the workers' calls do."""
+    from prefect.client.base import PrefectHttpxSyncClient
+
+    return PrefectHttpxSyncClient(timeout=120)
 
 
 def median(values: list[float]) -> float:

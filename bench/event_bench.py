@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +34,8 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._harness import free_port, table
-from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
+from bench._harness import Stack, api_client, table, ts
+from driftloop.core.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -56,72 +52,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-class Stack:
-    """`driftloop up` in a temporary checkout-like folder."""
-
-    def __init__(self, worker: str = "driftloop") -> None:
-        self.worker = worker
-        self.root = Path(tempfile.mkdtemp(prefix="driftloop-bench-events-"))
-        shutil.copytree(PROJECT_ROOT / "feature_repo", self.root / "feature_repo")
-        self.prefect_port, self.mlflow_port = free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        self.env.update(
-            {
-                **TELEMETRY_OFF,
-                "DRIFTLOOP_HOME": str(self.root / ".driftloop"),
-                "DRIFTLOOP_FEATURE_REPO": str(self.root / "feature_repo"),
-                "DRIFTLOOP_PREFECT_PORT": str(self.prefect_port),
-                "DRIFTLOOP_MLFLOW_PORT": str(self.mlflow_port),
-                "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
-                "DRIFTLOOP_RAY_PORT": str(free_port()),
-                "DRIFTLOOP_WORKER": worker,
-            }
-        )
-        self.api = f"http://127.0.0.1:{self.prefect_port}/api"
-        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
-        self.lines: list[str] = []
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "driftloop.app.cli", "up"], env=self.env, cwd=PROJECT_ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in self.lines):
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.5)
-        raise RuntimeError(f"{text!r} not seen:\n" + "\n".join(self.lines[-30:]))
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            self.process.wait(timeout=120)
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _ts(value: str | None) -> float | None:
-    return datetime.fromisoformat(value).timestamp() if value else None
-
-
-def api_client():
-    """Prefect's own HTTP client: it retries a 503 from the busy SQLite server, as the UI's
-    and the workers' calls do."""
-    from prefect.client.base import PrefectHttpxSyncClient
-
-    return PrefectHttpxSyncClient(timeout=120)
-
-
 def scoring_runs(http, api: str) -> list[dict]:
     body = {"deployments": {"name": {"any_": [SCORING]}}, "sort": "EXPECTED_START_TIME_ASC"}
     return http.post(f"{api}/flow_runs/filter", json=body).json()
@@ -129,7 +59,7 @@ def scoring_runs(http, api: str) -> list[dict]:
 
 def first_task_start(http, api: str, flow_run_id: str) -> float | None:
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
-    starts = [_ts(t["start_time"]) for t in http.post(f"{api}/task_runs/filter", json=body).json()]
+    starts = [ts(t["start_time"]) for t in http.post(f"{api}/task_runs/filter", json=body).json()]
     starts = [s for s in starts if s]
     return min(starts) if starts else None
 
@@ -160,7 +90,7 @@ def state_times(http, api: str, flow_run_id: str) -> dict[str, float]:
     states = http.get(f"{api}/flow_run_states/", params={"flow_run_id": flow_run_id}).json()
     first: dict[str, float] = {}
     for state in sorted(states, key=lambda s: s["timestamp"]):
-        first.setdefault(state["type"], _ts(state["timestamp"]))
+        first.setdefault(state["type"], ts(state["timestamp"]))
     return first
 
 
@@ -199,9 +129,9 @@ def measure_events(stack: Stack, count: int) -> dict[str, list[float]]:
             known.add(run["id"])
             if run["state_type"] != "COMPLETED":
                 raise RuntimeError(f"scoring run {run['name']} ended {run['state_name']}")
-            created = _ts(run["created"])
+            created = ts(run["created"])
             states = state_times(http, stack.api, run["id"])
-            running = _ts(run["start_time"])
+            running = ts(run["start_time"])
             task = first_task_start(http, stack.api, run["id"])
             samples["created"].append(created - emitted)
             samples["created->pending"].append(states["PENDING"] - created)
@@ -268,7 +198,7 @@ def measure_drift_to_settled(stack: Stack) -> dict[str, float]:
     first = checks[0]
     if first["event"] != "driftloop.drift.checked":
         raise RuntimeError(f"the first check of v{version} did not settle: {first['payload']}")
-    settled_at = _ts(first["occurred"])
+    settled_at = ts(first["occurred"])
     return {
         "champion": champion_at - started,
         "settled": settled_at - started,

@@ -35,6 +35,31 @@ class FeastFeatureStore(DriftloopBlock):
                 f"Block {ref!r}: repo_path {self.repo_path!r} has no feature_store.yaml"
             )
 
+    def local_registry(self) -> Path | None:
+        """The registry file `feature_store.yaml` names, if the registry is a local file (Feast's
+        default); None for a SQL, Snowflake or object-store registry, or an unreadable config.
+
+        Example:
+            >>> FeastFeatureStore(repo_path="feature_repo").local_registry().name
+            'registry.db'
+        """
+        import yaml
+
+        repo = Path(self.repo_path).resolve()
+        try:
+            config = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return None
+        registry = config.get("registry", "data/registry.db")  # Feast's default
+        if isinstance(registry, dict):
+            if registry.get("registry_type", "file") != "file":
+                return None
+            registry = registry.get("path")
+        if not isinstance(registry, str) or "://" in registry:
+            return None
+        path = Path(registry)
+        return path if path.is_absolute() else (repo / path).resolve()
+
     def store(self) -> FeatureStore:
         from feast import FeatureStore
 

@@ -1,17 +1,37 @@
-"""Resolve a feature selection against the Feast registry, and fingerprint its data."""
+"""Resolve a feature selection against the Feast registry, and fingerprint its data.
+
+Two steps, so that a rerun with nothing changed does not load Feast at all (importing it and
+opening the store take 5-7 s here):
+
+- `read-feature-definitions` asks Feast's registry for the selection's columns, TTLs and file
+  sources. It is cached on the bytes of `feature_store.yaml` and of the registry file, which
+  `feast apply` and materialization rewrite: an unchanged registry is read from the cache. A
+  registry that is not a local file (SQL, object store) is read every time.
+- `resolve-features` adds the content of the file sources to the fingerprint, every time,
+  without Feast: their data can change without the registry changing.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
+from prefect.context import TaskRunContext
 
 from blocks.feast import FeastFeatureStore
-from driftloop.core.contracts import FeatureColumn, FeatureKind, ResolvedFeatures
+from driftloop.core.contracts import (
+    FeatureColumn,
+    FeatureDefinitions,
+    FeatureKind,
+    ResolvedFeatures,
+)
 from driftloop.core.errors import FeatureRetrievalError
 from driftloop.core.params import FeatureSelection
-from tasks._policy import IO_RETRIES, UNCACHED
+from tasks._policy import IO_RETRIES, NO_RETRIES, UNCACHED, content_hash
 
 _KINDS: dict[str, FeatureKind] = {
     "INT32": "numeric",
@@ -35,13 +55,46 @@ def _file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-@task(name="resolve-features", cache_policy=UNCACHED, **IO_RETRIES)
-def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> ResolvedFeatures:
-    """Expand a feature service (or check explicit refs) into typed feature columns.
+@dataclass
+class FeastRegistryUnchanged(CachePolicy):
+    """Prefect cache policy: the same selection, repo, `feature_store.yaml`, registry file
+    and task source. No key (no caching) when the registry is not a local file."""
 
-    The fingerprint covers the feature views' definitions and, for file sources, the content of
-    the offline data, so cached feature retrievals are invalidated by any change to either.
-    """
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        feast: FeastFeatureStore = inputs["feast"]
+        registry = feast.local_registry()
+        if registry is None:
+            return None
+        try:
+            files = ((Path(feast.repo_path) / "feature_store.yaml").read_bytes(),
+                     registry.read_bytes())  # fmt: skip
+        except OSError:
+            return None  # Feast reports it when the task runs
+        source = TASK_SOURCE.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        selection: FeatureSelection = inputs["selection"]
+        return content_hash(
+            (str(Path(feast.repo_path).resolve()), selection.model_dump_json(), *files,
+             source or "")
+        )  # fmt: skip
+
+
+@task(
+    name="read-feature-definitions",
+    cache_policy=FeastRegistryUnchanged(),
+    persist_result=True,
+    **IO_RETRIES,
+)
+def read_feature_definitions(
+    feast: FeastFeatureStore, selection: FeatureSelection
+) -> FeatureDefinitions:
+    """Expand a feature service (or check explicit refs) into typed feature columns, with a
+    fingerprint of the views' definitions and the files of their file sources."""
     from feast.errors import FeastObjectNotFoundException
 
     store = feast.store()
@@ -66,6 +119,7 @@ def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> R
     columns: list[FeatureColumn] = []
     fingerprint = hashlib.md5()
     ttl: dict[str, float] = {}
+    sources: list[str] = []
     for view_name, ref_name, names in wanted:
         view = views[view_name]
         fields = {f.name: f for f in view.features}
@@ -97,8 +151,7 @@ def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> R
         if source_path:
             path = Path(source_path)
             path = path if path.is_absolute() else Path(feast.repo_path).resolve() / path
-            if path.exists():
-                fingerprint.update(_file_md5(path).encode())
+            sources.append(str(path))
 
     names = [c.name for c in columns]
     clashes = sorted({n for n in names if names.count(n) > 1})
@@ -106,10 +159,35 @@ def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> R
         raise FeatureRetrievalError(
             f"Features {clashes} appear in more than one feature view; select only one of each"
         )
-    return ResolvedFeatures(
+    return FeatureDefinitions(
         project=store.project,
         feature_service=selection.feature_service,
         columns=tuple(columns),
         ttl_seconds=ttl,
+        definitions_fingerprint=fingerprint.hexdigest(),
+        source_files=tuple(sources),
+    )
+
+
+@task(name="resolve-features", cache_policy=UNCACHED, **NO_RETRIES)
+def resolve_features(feast: FeastFeatureStore, selection: FeatureSelection) -> ResolvedFeatures:
+    """Expand a feature service (or check explicit refs) into typed feature columns.
+
+    The fingerprint covers the feature views' definitions and, for file sources, the content of
+    the offline data, so cached feature retrievals are invalidated by any change to either.
+    The definitions come from `read-feature-definitions` (cached while the registry is
+    unchanged); the data is hashed here on every run.
+    """
+    definitions = read_feature_definitions(feast, selection)
+    fingerprint = hashlib.md5(definitions.definitions_fingerprint.encode())
+    for source in definitions.source_files:
+        path = Path(source)
+        if path.exists():
+            fingerprint.update(_file_md5(path).encode())
+    return ResolvedFeatures(
+        project=definitions.project,
+        feature_service=definitions.feature_service,
+        columns=definitions.columns,
+        ttl_seconds=definitions.ttl_seconds,
         fingerprint=fingerprint.hexdigest(),
     )

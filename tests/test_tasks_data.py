@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -186,3 +188,71 @@ def test_split_refuses_a_single_class_side(demo):
     )
     with pytest.raises(DataValidationError, match="holdout side has 1 class"):
         split_holdout(frame, SCHEMA, SplitPolicy(holdout_fraction=0.3))
+
+
+@pytest.fixture
+def feast_copy(demo, tmp_path) -> FeastFeatureStore:
+    """A copy of the demo's feature repo, its registry and its offline sources, to change."""
+    import shutil
+
+    from driftloop.core.settings import get_settings
+
+    state = get_settings().home / "feast"
+    shutil.copytree(FeastFeatureStore.load_named(demo.feast_block).repo_path,
+                    tmp_path / "feature_repo")  # fmt: skip
+    shutil.copytree(state, tmp_path / ".driftloop" / "feast", ignore=shutil.ignore_patterns(
+        "online_store.db"))  # fmt: skip
+    return FeastFeatureStore(repo_path=str(tmp_path / "feature_repo"))
+
+
+def test_unchanged_feast_definitions_are_read_from_the_cache(feast_copy):
+    """A rerun does not load Feast while its registry file is unchanged; the data of the file
+    sources is fingerprinted every time; a changed registry is read again."""
+    from tasks.resolve_features import read_feature_definitions
+
+    first = read_feature_definitions(feast_copy, SERVICE, return_state=True)
+    assert first.is_completed() and first.name == "Completed", first
+    again = read_feature_definitions(feast_copy, SERVICE, return_state=True)
+    assert again.name == "Cached", again
+    other = read_feature_definitions(
+        feast_copy, FeatureSelection(features=["customer_profile:plan"]), return_state=True
+    )
+    assert other.name == "Completed", other  # another selection is another key
+    before = resolve_features(feast_copy, SERVICE)
+
+    # New offline data, same definitions: the definitions come from the cache, the
+    # fingerprint changes.
+    (source,) = [s for s in first.result().source_files if "customer_profile" in s]
+    assert Path(source).is_relative_to(Path(feast_copy.repo_path).parent), source  # the copy
+    frame = pd.read_parquet(source)
+    frame.iloc[:-1].to_parquet(source)
+    assert read_feature_definitions(feast_copy, SERVICE, return_state=True).name == "Cached"
+    after = resolve_features(feast_copy, SERVICE)
+    assert after.fingerprint != before.fingerprint
+    assert after.columns == before.columns
+
+    # A changed registry (feast apply, materialization) is read from Feast again.
+    registry = feast_copy.local_registry()
+    assert registry is not None and registry.is_file()
+    store = feast_copy.store()
+    view = store.get_feature_view("customer_profile")
+    view.description = "changed by the test"
+    store.apply([view])
+    assert read_feature_definitions(feast_copy, SERVICE, return_state=True).name == "Completed"
+
+
+@pytest.mark.parametrize(
+    ("registry", "local"),
+    [
+        ("../state/registry.db", True),
+        ({"registry_type": "file", "path": "data/registry.db"}, True),
+        ({"registry_type": "sql", "path": "postgresql://db/feast"}, False),
+        ("s3://bucket/registry.pb", False),
+    ],
+)
+def test_only_a_local_registry_file_is_cached_on(tmp_path, registry, local):
+    import yaml
+
+    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump({"registry": registry}))
+    found = FeastFeatureStore(repo_path=str(tmp_path)).local_registry()
+    assert (found is not None) == local, found

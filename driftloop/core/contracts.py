@@ -50,8 +50,21 @@ class FeatureColumn(_Value):
     kind: FeatureKind
 
 
+class FeatureDefinitions(_Value):
+    """What the Feast registry says about a feature selection: its typed columns, the views'
+    TTLs, a fingerprint of the views' definitions and the files of their file sources."""
+
+    project: str
+    feature_service: str | None
+    columns: tuple[FeatureColumn, ...]
+    ttl_seconds: dict[str, float] = Field(default_factory=dict)
+    definitions_fingerprint: str
+    source_files: tuple[str, ...] = ()
+
+
 class ResolvedFeatures(_Value):
-    """Feature refs resolved against the Feast registry, with a fingerprint of their data."""
+    """Feature refs resolved against the Feast registry, with a fingerprint of their
+    definitions and of their data."""
 
     project: str
     feature_service: str | None
