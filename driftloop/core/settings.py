@@ -80,13 +80,13 @@ class DriftloopSettings(BaseSettings):
         description="An idle warm engine is replaced by a fresh one after this many seconds.",
     )
     warm_imports: str = Field(
-        default="mlflow,dvc.api",
+        default="mlflow,feast,dvc.api",
         pattern=r"^[A-Za-z0-9_.,]*$",
         description=(
             "Comma-separated modules each warm engine imports besides Prefect and the work "
-            "pool's flow modules (every driftloop flow uses MLflow's client, and most resolve "
-            "a DVC revision). Feast is left out: it is large, and unchanged registries are "
-            "read from the cache."
+            "pool's flow modules. Every driftloop flow calls MLflow, and MLflow's first request "
+            "in a process loads its request-header plugins, among them Feast's, which imports "
+            "all of Feast (~5 s here); most flows also resolve a DVC revision."
         ),
     )
     ray_port: int = Field(
