@@ -66,6 +66,7 @@ def custom_run_from_the_ui(ui_url: str, deployment: str, n_trials: int, shots: P
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             # Pages read the SQLite-backed API, which can stall for up to ~60 s under load.
             page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)  # assertions wait as long as actions
             page.goto(f"{ui_url}/deployments")
             page.get_by_role("link", name=deployment).first.click()
             expect(page.get_by_text("Triggers")).to_be_visible()

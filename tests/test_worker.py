@@ -358,3 +358,34 @@ def test_no_warm_engines_means_cold_runs(start_worker):
     assert run.state.is_completed(), run.state
     assert f"Flow run {run.id} starts in a cold engine: warm engines are off" in log.read_text()
     assert not warm_engines_started(log)
+
+
+def test_stopping_the_worker_kills_its_warm_runs_as_prefects_cold_path_does(
+    start_worker, tmp_path: Path
+):
+    """A worker stopped cleanly (SIGTERM) ends the engines of its runs at once, as Prefect's
+    own starter does (anyio kills a process whose wait is cancelled), so a run cannot record
+    a crash of its own (with Ray attached, a SIGTERM would exit through Ray's handler as
+    SystemExit): it stays Running, and the service records it "service stopped" and
+    resumes it (tests/test_stack.py)."""
+    import psutil
+    from prefect.client.orchestration import get_client
+
+    pool, log, worker = start_worker()
+    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
+    pid_file = tmp_path / "pid"
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"pid_file": str(pid_file)}
+        )
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        pid = int(pid_file.read_text())
+        assert pid in warm_engines_started(log), log.read_text()
+        stop(worker)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        time.sleep(2)  # a crash report, had there been one, would have arrived
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_running(), state

@@ -362,5 +362,16 @@ class WarmEngineStarter:
         task_status.started(handle)
         try:
             await engine.process.wait()
+        except anyio.get_cancelled_exc_class():
+            # The worker is stopping. Prefect's own starter kills its engine then (anyio
+            # SIGKILLs a process whose wait is cancelled), so the run cannot record a crash of
+            # its own: the service records it "service stopped" and resumes it. A SIGTERM
+            # instead would let Ray's handler in the engine exit through SystemExit, and the
+            # run would end Crashed with a reason nobody resumes.
+            with contextlib.suppress(ProcessLookupError):
+                engine.process.kill()
+            with anyio.CancelScope(shield=True):
+                await engine.process.wait()
+            raise
         finally:
             engine.cleanup()
