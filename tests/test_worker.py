@@ -44,6 +44,22 @@ def test_the_private_prefect_apis_the_worker_uses_still_exist():
     assert callable(_prefect_runner.isolated_termination_scope)
 
 
+def test_the_code_fingerprint_covers_the_tasks_a_flow_imports():
+    """An edit to a task module (not the flow's own package) changes the fingerprint that
+    recycles idle engines. (The edit is a new modification time, put back afterwards.)"""
+    from driftloop.app.warm_engines import WarmEngines
+
+    task_module = PROJECT_ROOT / "tasks" / "fit_model.py"
+    before = WarmEngines.code_of(("flows.training",))
+    stat = task_module.stat()
+    try:
+        os.utime(task_module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        assert WarmEngines.code_of(("flows.training",)) != before
+    finally:
+        os.utime(task_module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert WarmEngines.code_of(("flows.training",)) == before
+
+
 def test_a_warm_engine_is_its_runs_process_only_if_it_started_before_the_hand_over():
     """The zombie sweep's rule: a cold engine's environment names its run; a warm engine's
     cannot, so its start time must precede the run's hand-over (a reused PID starts later)."""

@@ -58,6 +58,10 @@ if TYPE_CHECKING:
     from driftloop.app._prefect_runner import ProcessHandle
 
 LOGGER = get_logger("driftloop.worker")
+# The project's layers (docs/architecture.md): a flow imports its tasks, blocks and the core,
+# so an edit to any of them must recycle the idle engines, not only an edit to the flow's own
+# package.
+PROJECT_PACKAGES = ("driftloop", "blocks", "tasks", "flows", "deployments")
 # After a run takes an engine, its replacement waits this long before starting, so that its
 # imports do not compete with the run's own start for this machine's two cores.
 REFILL_DELAY_S = 3.0
@@ -229,10 +233,10 @@ class WarmEngines:
 
     @staticmethod
     def code_of(modules: Sequence[str]) -> str:
-        """The current fingerprint of the source an engine with these modules imported:
-        their packages' and driftloop's own (libraries change only by an upgrade, which the
-        idle recycling catches)."""
-        return source_fingerprint((*modules, "driftloop"))
+        """The current fingerprint of the source an engine with these modules imported: their
+        packages' and the project's own layers, which the flows import (libraries change only
+        by an upgrade, which the idle recycling catches)."""
+        return source_fingerprint((*modules, *PROJECT_PACKAGES))
 
     def take(self, spec: EngineSpec) -> tuple[WarmEngine | None, str]:
         """An idle engine for a run with this spec, or None and the reason the run starts
