@@ -175,6 +175,24 @@ def _run(deployment_id: str, **parameters):
     return _wait_final(flow_run.id)
 
 
+def _start_sleeper(pool: str, folder: Path, **parameters) -> tuple[str, int]:
+    """Start `tests.worker_flows.sleeper` from a deployment on the pool; once its flow runs,
+    return the flow run's id and its engine's PID."""
+    from prefect.client.orchestration import get_client
+
+    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
+    pid_file = folder / "pid"
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"pid_file": str(pid_file), **parameters}
+        )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    return flow_run.id, int(pid_file.read_text())
+
+
 def _wait_final(flow_run_id, timeout: float = 120):
     from prefect.client.orchestration import get_client
 
@@ -208,47 +226,25 @@ def test_a_run_outlives_its_worker(pool_and_worker, tmp_path: Path):
     as a terminal's Ctrl-C or the service's clean-up would reach it) leaves the run running,
     and it completes."""
     import psutil
-    from prefect.client.orchestration import get_client
 
     pool, _ = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
-    pid_file = tmp_path / "pid"
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"pid_file": str(pid_file), "seconds": 6.0}
-        )
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
-    engine = psutil.Process(int(pid_file.read_text()))
+    flow_run_id, pid = _start_sleeper(pool, tmp_path, seconds=6.0)
+    engine = psutil.Process(pid)
     worker = engine.parent()
     assert "driftloop.app.worker" in " ".join(worker.cmdline())
     assert os.getsid(engine.pid) != os.getsid(worker.pid)
     os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
-    run = _wait_final(flow_run.id)
+    run = _wait_final(flow_run_id)
     assert run.state.is_completed(), run.state
 
 
 def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Path):
     """On the warm path: the run's engine was started before the run."""
-    from prefect.client.orchestration import get_client
-
     pool, log = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
-    pid_file = tmp_path / "pid"
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"pid_file": str(pid_file)}
-        )
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
-    pid = int(pid_file.read_text())
+    flow_run_id, pid = _start_sleeper(pool, tmp_path)
     assert pid in warm_engines_started(log), log.read_text()
     os.kill(pid, signal.SIGKILL)
-    run = _wait_final(flow_run.id)
+    run = _wait_final(flow_run_id)
     assert run.state.is_crashed(), run.state
 
 
@@ -282,21 +278,12 @@ def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path:
     from driftloop.app.recovery import run_process_alive
 
     pool, log = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
-    pid_file = tmp_path / "pid"
+    flow_run_id, pid = _start_sleeper(pool, tmp_path)
+    assert pid in warm_engines_started(log), log.read_text()
     with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"pid_file": str(pid_file)}
-        )
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.2)
-        pid = int(pid_file.read_text())
-        assert pid in warm_engines_started(log), log.read_text()
-        assert run_process_alive(pid, client.read_flow_run(flow_run.id))  # not a zombie
-        client.set_flow_run_state(flow_run.id, Cancelling(), force=True)  # the UI's Cancel
-    run = _wait_final(flow_run.id, timeout=60)
+        assert run_process_alive(pid, client.read_flow_run(flow_run_id))  # not a zombie
+        client.set_flow_run_state(flow_run_id, Cancelling(), force=True)  # the UI's Cancel
+    run = _wait_final(flow_run_id, timeout=60)
     assert run.state.is_cancelled(), run.state
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
@@ -388,20 +375,11 @@ def test_stopping_the_worker_kills_its_warm_runs_as_prefects_cold_path_does(
     from prefect.client.orchestration import get_client
 
     pool, log, worker = start_worker()
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
-    pid_file = tmp_path / "pid"
+    flow_run_id, pid = _start_sleeper(pool, tmp_path)
+    assert pid in warm_engines_started(log), log.read_text()
+    stop(worker)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    time.sleep(2)  # a crash report, had there been one, would have arrived
     with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(
-            deployment_id, parameters={"pid_file": str(pid_file)}
-        )
-        deadline = time.monotonic() + 60
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline, "the run never started"
-            time.sleep(0.2)
-        pid = int(pid_file.read_text())
-        assert pid in warm_engines_started(log), log.read_text()
-        stop(worker)
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
-        time.sleep(2)  # a crash report, had there been one, would have arrived
-        state = client.read_flow_run(flow_run.id).state
+        state = client.read_flow_run(flow_run_id).state
     assert state.is_running(), state
