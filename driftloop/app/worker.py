@@ -39,7 +39,6 @@ import os
 import shlex
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -333,18 +332,43 @@ def main(argv: list[str] | None = None) -> int:
         help="an idle warm engine is replaced after this many seconds",
     )
     args = parser.parse_args(argv)
-    from prefect.utilities.processutils import setup_signal_handlers_worker
-
-    # As `prefect worker start` does: the first SIGTERM or SIGINT stops taking runs and lets
-    # the worker shut down; a second one kills it.
-    setup_signal_handlers_worker(os.getpid(), "the driftloop worker", print)
     worker = DriftloopWorker(
         work_pool_name=args.pool, name=args.name, warm_engines=args.warm_engines,
         warm_idle_s=args.warm_idle_s, warm_imports=settings.warm_import_modules,
     )  # fmt: skip
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(partial(worker.start, with_healthcheck=False, printer=print))
+    anyio.run(serve_until_signalled, worker)
     return 0
+
+
+async def serve_until_signalled(worker: DriftloopWorker) -> None:
+    """Run the worker until SIGINT or SIGTERM, then let it shut down; a second signal kills
+    it, as `prefect worker start` does.
+
+    Prefect's own CLI turns the first signal into a KeyboardInterrupt, which can land between
+    any two bytecodes: say, after a warm engine was started and before the pool recorded it,
+    and that engine would outlive the worker. Here a signal only cancels the worker's scope,
+    and cancellation lands at an `await`, where the pool's bookkeeping is whole.
+    """
+    import signal
+
+    stopping = anyio.CancelScope()
+
+    async def stop_on_signals(*, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if stopping.cancel_called:
+                    print(f"Received {name} again. Killing the driftloop worker.", flush=True)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                print(f"Received {name}. Stopping the driftloop worker...", flush=True)
+                stopping.cancel()
+
+    async with anyio.create_task_group() as group:
+        await group.start(stop_on_signals)
+        with stopping:
+            await worker.start(with_healthcheck=False, printer=print)
+        group.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
