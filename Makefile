@@ -32,7 +32,7 @@ export UV_SYSTEM_CERTS := 1
 # `python -m prefect.engine`, which a stock process worker runs from the PATH).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install up down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events deploy worker feast clean distclean
+.PHONY: help install server-deps up up-server down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events bench-storm deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,10 +50,29 @@ install: $(BIN)/driftloop ## create .venv from uv.lock
 up: install ## start Prefect, MLflow, a worker and the demo (foreground; Ctrl-C stops all)
 	$(BIN)/driftloop up
 
+# Debian packages the server profile and its tests need, installed only where missing:
+# PostgreSQL and Redis (started by `driftloop up` as supervised components) and
+# docker-compose, which validates compose.yaml offline (tests/test_compose.py).
+SERVER_DEBS := postgresql redis-server docker-compose
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+server-deps: ## install PostgreSQL, Redis and docker-compose from Debian packages if missing
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+up-server: install server-deps ## the same service on PostgreSQL-backed Prefect and MLflow and a Redis online store
+	DRIFTLOOP_PROFILE=server $(BIN)/driftloop up
+
 down: install ## stop anything a killed `make up` left running
 	$(BIN)/driftloop down
 
-test: install ## lint, type-check and run the whole test suite (tests/test_deployments.py checks prefect.yaml)
+test: install server-deps ## lint, type-check and run the whole test suite (tests/test_deployments.py checks prefect.yaml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -92,6 +111,9 @@ bench-ray: install ## Ray benchmark: trials sequential vs on the RayTaskRunner (
 
 bench-events: install ## event latency: emit -> flow run created / Running / first task; make drift -> champion
 	$(BIN)/python bench/event_bench.py $(ARGS)
+
+bench-storm: install server-deps ## event storm and idle memory: embedded (SQLite) vs server profile (PostgreSQL, Redis)
+	$(BIN)/python bench/storm_bench.py $(ARGS)
 
 deploy: install ## deploy prefect.yaml and the notification automations to PREFECT_API_URL
 	$(BIN)/prefect --no-prompt deploy --all

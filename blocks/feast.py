@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -27,16 +29,40 @@ class FeastFeatureStore(DriftloopBlock):
     )
 
     repo_path: str = Field(description="Path of the feature repo (holds feature_store.yaml).")
+    config_file: str = Field(
+        default="feature_store.yaml",
+        description=(
+            "The repo's Feast configuration file, relative to repo_path: e.g. "
+            "`feature_store.server.yaml` for the server profile's Redis online store. Feast "
+            "expands `${VARIABLES}` in it from the environment."
+        ),
+    )
+
+    @property
+    def config_path(self) -> Path:
+        """The Feast configuration file this block names."""
+        return Path(self.repo_path) / self.config_file
 
     def check(self, ref: str) -> None:
-        config = Path(self.repo_path) / "feature_store.yaml"
-        if not config.is_file():
+        if not self.config_path.is_file():
             raise BlockConfigurationError(
-                f"Block {ref!r}: repo_path {self.repo_path!r} has no feature_store.yaml"
+                f"Block {ref!r}: repo_path {self.repo_path!r} has no {self.config_file}"
+            )
+        # Feast leaves an unset ${VARIABLE} as it is, and would then fail on a host named
+        # "${VARIABLE}": name the variable instead.
+        unset = sorted(
+            name
+            for name in re.findall(r"\$\{(\w+)\}", self.config_path.read_text())
+            if name not in os.environ
+        )
+        if unset:
+            raise BlockConfigurationError(
+                f"Block {ref!r}: {self.config_path} uses environment variable(s) "
+                f"{', '.join(unset)}, which are not set in this process"
             )
 
     def local_registry(self) -> Path | None:
-        """The registry file `feature_store.yaml` names, if the registry is a local file (Feast's
+        """The registry file the Feast configuration names, if the registry is a local file (Feast's
         default); None for a SQL, Snowflake or object-store registry, or an unreadable config.
 
         Example:
@@ -47,7 +73,7 @@ class FeastFeatureStore(DriftloopBlock):
 
         repo = Path(self.repo_path).resolve()
         try:
-            config = yaml.safe_load((repo / "feature_store.yaml").read_text()) or {}
+            config = yaml.safe_load((repo / self.config_file).read_text()) or {}
         except (OSError, yaml.YAMLError):
             return None
         registry = config.get("registry", "data/registry.db")  # Feast's default
@@ -63,4 +89,5 @@ class FeastFeatureStore(DriftloopBlock):
     def store(self) -> FeatureStore:
         from feast import FeatureStore
 
-        return FeatureStore(repo_path=str(Path(self.repo_path).resolve()))
+        repo = Path(self.repo_path).resolve()
+        return FeatureStore(repo_path=str(repo), fs_yaml_file=repo / self.config_file)

@@ -4,7 +4,7 @@ Two steps, so that a rerun with nothing changed does not load Feast at all (impo
 opening the store take 5-7 s here):
 
 - `read-feature-definitions` asks Feast's registry for the selection's columns, TTLs and file
-  sources. It is cached on the bytes of `feature_store.yaml` and of the registry file, which
+  sources. It is cached on the bytes of the Feast configuration file and of the registry file, which
   `feast apply` and materialization rewrite: an unchanged registry is read from the cache. A
   registry that is not a local file (SQL, object store) is read every time.
 - `resolve-features` adds the content of the file sources to the fingerprint, every time,
@@ -57,7 +57,7 @@ def _file_md5(path: Path) -> str:
 
 @dataclass
 class FeastRegistryUnchanged(CachePolicy):
-    """Prefect cache policy: the same selection, repo, `feature_store.yaml`, registry file
+    """Prefect cache policy: the same selection, repo, Feast configuration file, registry file
     and task source. No key (no caching) when the registry is not a local file."""
 
     def compute_key(
@@ -72,7 +72,7 @@ class FeastRegistryUnchanged(CachePolicy):
         if registry is None:
             return None
         try:
-            files = ((Path(feast.repo_path) / "feature_store.yaml").read_bytes(),
+            files = (feast.config_path.read_bytes(),
                      registry.read_bytes())  # fmt: skip
         except OSError:
             return None  # Feast reports it when the task runs

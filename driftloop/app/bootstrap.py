@@ -26,11 +26,13 @@ def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock],
     """The block documents that configure the embedded stack and its demo."""
     return {
         MlflowTracking: MlflowTracking(
-            tracking_uri=settings.mlflow_url,
+            tracking_uri=settings.mlflow_tracking_url,
             experiment_name=demo.DEMO_EXPERIMENT,
             registered_model_name=demo.DEMO_MODEL_NAME,
         ),
-        FeastFeatureStore: FeastFeatureStore(repo_path=str(settings.feature_repo_dir)),
+        FeastFeatureStore: FeastFeatureStore(
+            repo_path=str(settings.feature_repo_dir), config_file=settings.feast_config_file
+        ),
         DvcDataset: DvcDataset(
             name=demo.DEMO_DATASET,
             repo=str(settings.data_registry_dir),

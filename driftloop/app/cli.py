@@ -101,6 +101,29 @@ def _announce(revision) -> None:
         print(f"Emitted {names.EVENT_DATASET_UPDATED} for {revision.tag} (event {event_id})")
 
 
+def _set_up(settings: DriftloopSettings, with_demo: bool) -> int:
+    """`driftloop setup`: what `up` does to its own server, to the one at PREFECT_API_URL."""
+    from driftloop.app.stack import set_up
+
+    env = settings.process_env()
+    os.environ.update(env)
+    print(f"Preparing {env['PREFECT_API_URL']} for driftloop ({settings.profile} profile)")
+    set_up(settings, env, with_demo=with_demo)
+    print("Done.")
+    return 0
+
+
+def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int:
+    """`up`, `down` and `setup`."""
+    from driftloop.app import stack
+
+    if args.command == "up":
+        return stack.up(settings, with_demo=not args.no_demo)
+    if args.command == "down":
+        return stack.down(settings)
+    return _set_up(settings, with_demo=not args.no_demo)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     # `make up | tee up.log` (or a test reading the pipe) should see each line as it happens.
@@ -111,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the embedded stack and its demo (foreground)")
     up.add_argument("--no-demo", action="store_true", help="start the services only")
     commands.add_parser("down", help="stop processes a killed `up` left behind")
+    setup = commands.add_parser(
+        "setup",
+        help="prepare the Prefect server at PREFECT_API_URL as `up` prepares its own: block "
+        "types and default blocks, the work pool, automations, the demo data, `prefect deploy "
+        "--all` (compose's one-shot `setup` service); idempotent",
+    )
+    setup.add_argument("--no-demo", action="store_true", help="skip the demo data")
     worker = commands.add_parser(
         "worker",
         help="serve the work pool with driftloop's worker (woken by events; PREFECT_API_URL)",
@@ -166,14 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     # command keeps them in the state folder unless the caller chose a home for Prefect.
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
 
-    if args.command == "up":
-        from driftloop.app.stack import up as run_up
-
-        return run_up(settings, with_demo=not args.no_demo)
-    if args.command == "down":
-        from driftloop.app.stack import down as run_down
-
-        return run_down(settings)
+    if args.command in ("up", "down", "setup"):
+        return _stack_command(args, settings)
     if args.command == "worker":
         from driftloop.app.worker import main as run_worker
 

@@ -1,7 +1,9 @@
 """`driftloop up`: the embedded stack in the foreground, and `driftloop down`.
 
-Prefect server (SQLite) + MLflow server (SQLite, local artifacts) + notification receiver
-  + Ray head (unless RAY_ADDRESS names a cluster), started together
+[server profile: PostgreSQL and Redis, unless given by URL (driftloop.app.server_profile)]
+  -> Prefect server (SQLite, or PostgreSQL) + MLflow server (SQLite, or PostgreSQL; local
+  artifacts) + notification receiver + Ray head (unless RAY_ADDRESS names a cluster), started
+  together
   -> block types, default documents, work pool, zombie-detection automation
   -> recover runs a previous stop or crash interrupted -> demo data registry and feature repo
   -> `prefect deploy --all` (prefect.yaml) -> the Ray head is healthy
@@ -29,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
+from driftloop.app import server_profile
 from driftloop.app.recovery import RunJanitor
 from driftloop.app.supervisor import (
     Component,
@@ -90,6 +93,15 @@ def stack_env(settings: DriftloopSettings) -> dict[str, str]:
     # its prefetch window (default 10 s), so with the default it would ask for the slot again
     # at once, every second, for every queued run, and flood the database with state writes.
     env.setdefault("PREFECT_WORKER_PREFETCH_SECONDS", "2")
+    if settings.profile == "server":
+        # Every process that opens the feature store expands it in feature_store.server.yaml.
+        env[server_profile.FEAST_REDIS_SETTING] = settings.feast_redis_connection
+    else:
+        # The embedded profile is SQLite by definition, whatever the caller's shell says; the
+        # database URLs of the server profile go only to the components that use them.
+        for key in (*server_profile.PREFECT_DATABASE_SETTINGS,
+                    server_profile.MLFLOW_DATABASE_SETTING):  # fmt: skip
+            env.pop(key, None)
     return env
 
 
@@ -214,6 +226,19 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
     python = sys.executable
     logs = settings.logs_dir
     timeout = settings.startup_timeout_s
+    prefect_env, mlflow_env = env, env
+    mlflow_store = ["--backend-store-uri", settings.mlflow_backend_uri]
+    databases: dict[str, Component] = {}
+    if settings.profile == "server":
+        dbs = server_profile.Databases.of(settings, env)
+        prefect_env = {**env, server_profile.PREFECT_DATABASE_SETTINGS[0]: dbs.prefect_url}
+        # MLflow reads its store from the environment: a password stays off its command line.
+        mlflow_env = {**env, server_profile.MLFLOW_DATABASE_SETTING: dbs.mlflow_url}
+        mlflow_store = []
+        if dbs.local_postgres:
+            databases[server_profile.POSTGRES] = server_profile.postgres(settings, env)
+        if dbs.local_redis:
+            databases[server_profile.REDIS] = server_profile.redis(settings, env)
     head = None if external_ray_address(env) else ray_head(settings, env)
     worker_env = env if head is None else {**env, "RAY_ADDRESS": settings.ray_address}
     if settings.worker == "stock":
@@ -230,11 +255,12 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
     worker_env = {**worker_env, "PREFECT_WORKER_QUERY_SECONDS": env.get(
         "PREFECT_WORKER_QUERY_SECONDS", poll_s)}  # fmt: skip
     components = {
+        **databases,
         "prefect-server": Component(
             name="prefect-server",
             argv=[python, "-m", "prefect", "server", "start", "--host", settings.host,
                   "--port", str(settings.prefect_port)],
-            env=env,
+            env=prefect_env,
             log_file=logs / "prefect-server.log",
             health_url=f"{settings.prefect_api_url}/health",
             port=settings.prefect_port,
@@ -242,12 +268,11 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
         ),
         "mlflow-server": Component(
             name="mlflow-server",
-            argv=[python, "-m", "mlflow", "server",
-                  "--backend-store-uri", settings.mlflow_backend_uri,
+            argv=[python, "-m", "mlflow", "server", *mlflow_store,
                   "--artifacts-destination", str(settings.mlflow_artifacts_dir),
                   "--host", settings.host, "--port", str(settings.mlflow_port),
                   "--workers", "1"],
-            env=env,
+            env=mlflow_env,
             log_file=logs / "mlflow-server.log",
             health_url=f"{settings.mlflow_url}/health",
             port=settings.mlflow_port,
@@ -469,6 +494,43 @@ def _recover(janitor: RunJanitor, log: Log) -> None:
         log(f"  recovered {len(crashed)} interrupted run(s), resumed {len(resumed)}")
 
 
+def set_up(
+    settings: DriftloopSettings,
+    env: dict[str, str],
+    *,
+    with_demo: bool = True,
+    log: Log = print,
+    before_demo: Callable[[], None] = lambda: None,
+) -> None:
+    """What a Prefect server needs before driftloop's runs: block types and default block
+    documents, the work pool, the zombie-detection and notification automations, the demo
+    data (`with_demo`), and `prefect deploy --all`. Idempotent. `up` runs it against its own
+    server; `driftloop setup` against PREFECT_API_URL (compose's one-shot `setup` service)."""
+    from driftloop.app import bootstrap
+
+    bootstrap.register_block_types()
+    bootstrap.ensure_default_blocks(settings, log)
+    bootstrap.ensure_work_pool()
+    bootstrap.ensure_zombie_automation(HEARTBEAT_S)
+    block_id = bootstrap.ensure_notification_block(settings)
+    bootstrap.ensure_notification_automations(block_id, settings.renotify_minutes)
+    before_demo()
+    if with_demo:
+        from driftloop.app.demo.setup import prepare_demo
+
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        with _narration_to(settings.logs_dir / "demo-setup.log"):
+            revisions = prepare_demo(settings)
+        if revisions:
+            log(
+                f"  prepared demo data registry: {len(revisions)} batches, "
+                f"{revisions[-1].rows} rows at {revisions[-1].tag}"
+            )
+            _claim_initial_revision(revisions[-1])
+    deploy_all(settings, env)
+    log("  deployed prefect.yaml")
+
+
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
     """Run the embedded stack in the foreground until SIGINT or SIGTERM. Returns an exit code."""
     env = stack_env(settings)
@@ -494,7 +556,10 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
     started = time.monotonic()
     code = 0
     try:
-        log(f"Starting driftloop (state in {settings.home})")
+        log(f"Starting driftloop, {settings.profile} profile (state in {settings.home})")
+        _start_databases(settings, env, supervisor, components, log)
+        if stop.is_set():
+            return 130
         servers = ("prefect-server", "mlflow-server", "notify-receiver")
         head = components.get(RAY_HEAD)
         if head is None:
@@ -512,28 +577,9 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             if stop.is_set():
                 return 130
 
-        from driftloop.app import bootstrap
-
-        bootstrap.register_block_types()
-        bootstrap.ensure_default_blocks(settings, log)
-        bootstrap.ensure_work_pool()
-        bootstrap.ensure_zombie_automation(HEARTBEAT_S)
-        block_id = bootstrap.ensure_notification_block(settings)
-        bootstrap.ensure_notification_automations(block_id, settings.renotify_minutes)
-        _recover(janitor, log)
-        if with_demo:
-            from driftloop.app.demo.setup import prepare_demo
-
-            with _narration_to(settings.logs_dir / "demo-setup.log"):
-                revisions = prepare_demo(settings)
-            if revisions:
-                log(
-                    f"  prepared demo data registry: {len(revisions)} batches, "
-                    f"{revisions[-1].rows} rows at {revisions[-1].tag}"
-                )
-                _claim_initial_revision(revisions[-1])
-        deploy_all(settings, env)
-        log("  deployed prefect.yaml")
+        set_up(
+            settings, env, with_demo=with_demo, log=log, before_demo=lambda: _recover(janitor, log)
+        )
         if head is not None:
             # Flow runs attach to the head; none may start before it serves.
             took = supervisor.wait_healthy(head, settings.startup_timeout_s)
@@ -617,6 +663,41 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         signal.signal(signal.SIGINT, previous_handlers[signal.SIGINT])
         log("Stopped.")
     return code
+
+
+def _start_databases(
+    settings: DriftloopSettings,
+    env: dict[str, str],
+    supervisor: Supervisor,
+    components: dict[str, Component],
+    log: Log,
+) -> None:
+    """The server profile's databases, before the servers that use them: the local
+    PostgreSQL (initialised once, its databases created) and Redis, or the URLs given."""
+    if settings.profile != "server":
+        return
+    dbs = server_profile.Databases.of(settings, env)
+    postgres = components.get(server_profile.POSTGRES)
+    redis = components.get(server_profile.REDIS)
+    if postgres is not None:
+        server_profile.ensure_cluster(settings)
+        supervisor.start(postgres)
+    if redis is not None:
+        supervisor.start(redis)
+    if postgres is not None:
+        took = supervisor.wait_healthy(postgres, settings.startup_timeout_s)
+        created = server_profile.ensure_databases(settings, dbs.local_databases(settings))
+        log(
+            f"  postgres healthy after {took:.1f}s (port {settings.postgres_port}"
+            + (f"; created database(s) {', '.join(created)})" if created else ")")
+        )
+    if redis is not None:
+        took = supervisor.wait_healthy(redis, settings.startup_timeout_s)
+        log(f"  redis healthy after {took:.1f}s (port {settings.redis_port})")
+    log(f"  Prefect's database: {server_profile.redacted(dbs.prefect_url)}")
+    log(f"  MLflow's backend store: {server_profile.redacted(dbs.mlflow_url)}")
+    if redis is None:
+        log(f"  Feast's online store: the Redis that {server_profile.FEAST_REDIS_SETTING} names")
 
 
 def _shutdown(

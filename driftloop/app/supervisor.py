@@ -174,6 +174,8 @@ class Component:
     # Some processes (a Prefect worker) only begin shutting down on the first SIGTERM and
     # need a second one to stop.
     term_signals: int = 1
+    # The signal that asks it to stop (PostgreSQL's postmaster: SIGINT, its fast shutdown).
+    stop_signal: int = signal.SIGTERM
     cwd: Path | None = None
     # None: the component is not restarted; its exit stops the stack.
     restart: RestartPolicy | None = field(default_factory=RestartPolicy)
@@ -337,8 +339,10 @@ def stop_processes(
     name: str,
     log: Log,
     reap: Callable[[], object] = lambda: None,
+    stop_signal: int = signal.SIGTERM,
 ) -> None:
-    """SIGTERM what ``find`` returns (as many times as its leader needs), then SIGKILL
+    """SIGTERM (or ``stop_signal``) what ``find`` returns (as many times as its leader
+    needs), then SIGKILL
     leftovers. ``reap`` lets a parent collect, through its `subprocess.Popen`, a child that had
     already exited (it would otherwise linger as a zombie). A child that exits while this
     waits is collected by `psutil.wait_procs` instead; its Popen then reports code 0, which
@@ -365,7 +369,7 @@ def stop_processes(
     if not processes:
         return
     for attempt in range(term_signals):
-        _send(processes, signal.SIGTERM)
+        _send(processes, stop_signal)
         processes = wait_gone(processes, timeout_s if attempt == term_signals - 1 else 2.0)
         if not processes:
             log(f"  stopped {name}")
@@ -382,6 +386,7 @@ def stop_session(
     name: str,
     log: Log,
     reap: Callable[[], object] = lambda: None,
+    stop_signal: int = signal.SIGTERM,
 ) -> None:
     """Stop every process of session ``sid``."""
     stop_processes(
@@ -391,6 +396,7 @@ def stop_session(
         name=name,
         log=log,
         reap=reap,
+        stop_signal=stop_signal,
     )
 
 
@@ -437,7 +443,7 @@ class Supervisor:
         component.status = Status.STARTING
         component.started_at = time.monotonic()
         (self.run_dir / f"{component.name}.pid").write_text(
-            f"{component.process.pid} {component.term_signals}\n"
+            f"{component.process.pid} {component.term_signals} {component.stop_signal}\n"
         )
 
     def healthy_now(self, component: Component) -> bool:
@@ -550,7 +556,7 @@ class Supervisor:
         if component.process is not None:
             stop_session(
                 component.process.pid, component.term_signals, timeout_s, component.name,
-                self.log, reap=component.process.poll,
+                self.log, reap=component.process.poll, stop_signal=component.stop_signal,
             )  # fmt: skip
             with contextlib.suppress(subprocess.TimeoutExpired):
                 component.process.wait(timeout=5)
@@ -621,7 +627,11 @@ def belongs_to(sid: int, home: Path) -> bool:
 
 # Stop the worker before what its flow runs use (their Ray, the servers); anything unknown
 # first of all.
-STOP_ORDER = ("prefect-worker", "ray-head", "mlflow-server", "prefect-server")
+STOP_ORDER = (
+    "prefect-worker", "ray-head", "mlflow-server", "prefect-server",
+    # The server profile's databases (driftloop.app.server_profile), after their clients.
+    "redis", "postgres",
+)  # fmt: skip
 
 
 def processes_using(dirs: tuple[str, ...]) -> list[int]:
@@ -670,10 +680,10 @@ def stop_from_pid_files(
     order = {name: i for i, name in enumerate(STOP_ORDER)}
     files = sorted(run_dir.glob("*.pid"), key=lambda p: order.get(p.stem, -1))
     for pid_file in files:
-        fields = pid_file.read_text().split()
-        sid, term_signals = int(fields[0]), int(fields[1]) if len(fields) > 1 else 1
+        fields = [int(f) for f in pid_file.read_text().split()]
+        sid, term_signals, stop_signal = (*fields, 1, signal.SIGTERM)[:3]
         if session_alive(sid) and belongs_to(sid, home):
-            stop_session(sid, term_signals, 20.0, pid_file.stem, log)
+            stop_session(sid, term_signals, 20.0, pid_file.stem, log, stop_signal=stop_signal)
             stopped += 1
         pid_file.unlink(missing_ok=True)
     id_file = run_dir / SERVICE_ID_FILE

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +89,48 @@ class DriftloopSettings(BaseSettings):
             "all of Feast (~5 s here); most flows also resolve a DVC revision."
         ),
     )
+    profile: Literal["embedded", "server"] = Field(
+        default="embedded",
+        description=(
+            "Which stack `driftloop up` runs: `embedded` (SQLite-backed Prefect and MLflow, "
+            "Feast's SQLite online store) or `server` (PostgreSQL-backed Prefect and MLflow, "
+            "Redis as Feast's online store; the same flows, tasks and blocks)."
+        ),
+    )
+    postgres_port: int = Field(
+        default=5442,
+        ge=1,
+        le=65535,
+        description=(
+            "Port of the PostgreSQL server `up` starts on loopback for the server profile "
+            "(not PostgreSQL's 5432, which a system server may hold). Not started when both "
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL and MLFLOW_BACKEND_STORE_URI name a server."
+        ),
+    )
+    redis_port: int = Field(
+        default=6390,
+        ge=1,
+        le=65535,
+        description=(
+            "Port of the Redis server `up` starts on loopback for the server profile (not "
+            "Redis's 6379, which is the Ray head's). Not started when DRIFTLOOP_FEAST_REDIS is set."
+        ),
+    )
+    feast_redis: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Feast's Redis connection string (`host:port[,password=...][,ssl=true]`) for the "
+            "server profile's online store; feature_repo/feature_store.server.yaml reads it. "
+            "Unset: the Redis server `up` starts."
+        ),
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description=(
+            "The MLflow URL the default `driftloop-mlflow` block gets (`driftloop setup`, e.g. "
+            "`http://mlflow:5000` in compose). Unset: the MLflow server `up` starts."
+        ),
+    )
     ray_port: int = Field(
         default=6379,
         ge=1,
@@ -144,7 +186,32 @@ class DriftloopSettings(BaseSettings):
 
     @cached_property
     def mlflow_backend_uri(self) -> str:
+        """The embedded profile's MLflow backend store (the server profile's is PostgreSQL:
+        `driftloop.app.server_profile`)."""
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @cached_property
+    def postgres_dir(self) -> Path:
+        """The server profile's local PostgreSQL cluster (`data/`) and its socket folder."""
+        return self.home / "postgres"
+
+    @cached_property
+    def redis_dir(self) -> Path:
+        """The server profile's local Redis: its snapshot."""
+        return self.home / "redis"
+
+    @property
+    def feast_config_file(self) -> str:
+        """The feature repo's Feast configuration for this profile: the embedded one keeps the
+        online store in SQLite, the server one in Redis."""
+        return "feature_store.server.yaml" if self.profile == "server" else "feature_store.yaml"
+
+    @property
+    def feast_redis_connection(self) -> str:
+        """Feast's Redis connection string: DRIFTLOOP_FEAST_REDIS, else the local Redis."""
+        if self.feast_redis is not None:
+            return self.feast_redis.get_secret_value()
+        return f"{self.host}:{self.redis_port}"
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:
@@ -220,7 +287,13 @@ class DriftloopSettings(BaseSettings):
 
     @property
     def mlflow_url(self) -> str:
+        """The MLflow server `up` starts."""
         return f"http://{self.host}:{self.mlflow_port}"
+
+    @property
+    def mlflow_tracking_url(self) -> str:
+        """Where flows reach MLflow: DRIFTLOOP_MLFLOW_TRACKING_URI, else `mlflow_url`."""
+        return self.mlflow_tracking_uri or self.mlflow_url
 
     @property
     def ray_address(self) -> str:

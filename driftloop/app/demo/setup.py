@@ -64,13 +64,14 @@ def _on_sys_path(path: Path):
         sys.path.remove(str(path))
 
 
-def feast_apply(repo_path: Path) -> None:
-    """`feast apply` by code: register the repo's entities, views and services."""
+def feast_apply(repo_path: Path, config_file: str = "feature_store.yaml") -> None:
+    """`feast apply` by code: register the repo's entities, views and services (and set up
+    the online store that `config_file` names)."""
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total
 
     repo_path = Path(repo_path).resolve()
-    config = load_repo_config(repo_path, repo_path / "feature_store.yaml")
+    config = load_repo_config(repo_path, repo_path / config_file)
     # apply_total chdirs into the repo and imports its modules by name, as the CLI does;
     # keep this process's working directory and import path as they were.
     with _cwd(repo_path), _on_sys_path(repo_path):
@@ -118,13 +119,13 @@ def _check_feature_repo_state(settings: DriftloopSettings) -> None:
     from feast.repo_config import load_repo_config
 
     repo = settings.feature_repo_dir.resolve()
-    config = load_repo_config(repo, repo / "feature_store.yaml")
+    config = load_repo_config(repo, repo / settings.feast_config_file)
     registry = Path(config.registry.path)
     registry = (registry if registry.is_absolute() else repo / registry).resolve()
     if not registry.is_relative_to(settings.feast_dir.resolve()):
         raise RuntimeError(
             f"The feature repo {repo} keeps its registry at {registry}, outside the state folder "
-            f"{settings.home}. Point feature_store.yaml at {settings.feast_dir}, or set "
+            f"{settings.home}. Point {settings.feast_config_file} at {settings.feast_dir}, or set "
             "DRIFTLOOP_FEATURE_REPO to a copy of feature_repo/ placed next to the state folder."
         )
 
@@ -146,7 +147,7 @@ def prepare_demo(
     repo_path = settings.feature_repo_dir
     _check_feature_repo_state(settings)
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
-    feast_apply(repo_path)
+    feast_apply(repo_path, settings.feast_config_file)
     if not registry.exists():
         registry.init()
     now = now or datetime.now(UTC)
