@@ -200,17 +200,28 @@ def mlflow_setup(tmp_path: Path, prefect_server: PrefectServer) -> MlflowSetup:
     return make_mlflow(tmp_path / "mlflow")
 
 
-# --- `driftloop up`, shared by the stack tests (tests/test_stack*.py, in file order) ----------
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    """`make up` as a user runs it, once for the tests that need a live service, after its
-    first training. The stack tests build on each other: each leaves the service running."""
+# --- `driftloop up`, shared by the stack tests of one module, in file order ------------------
+def _live_stack(tmp_path_factory, profile: str):
+    """`make up` (or `make up-server`) as a user runs it, after its first training; stopped,
+    and checked to leave nothing behind, when the module's tests are done."""
     from tests.stack import Stack, stop_leftovers
 
-    root = tmp_path_factory.mktemp("stack") / "checkout"
-    live = Stack(root)
+    root = tmp_path_factory.mktemp(f"stack-{profile}") / "checkout"
+    live = Stack(root, profile)
     live.up.wait_for("driftloop is up", timeout=240)
     live.up.wait_for("completed", timeout=300)
     yield live
     leftovers = stop_leftovers(root)
     assert not leftovers, leftovers
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The embedded profile (tests/test_stack.py). Each test leaves the service running."""
+    yield from _live_stack(tmp_path_factory, "embedded")
+
+
+@pytest.fixture(scope="module")
+def server_stack(tmp_path_factory):
+    """The server profile: PostgreSQL and Redis (tests/test_stack_server.py)."""
+    yield from _live_stack(tmp_path_factory, "server")

@@ -91,8 +91,9 @@ class Up:
         return code
 
 
-def make_env(root: Path) -> dict[str, str]:
-    """A checkout-like folder (its own feature repo copy, home and state) and ports."""
+def make_env(root: Path, profile: str = "embedded") -> dict[str, str]:
+    """A checkout-like folder (its own feature repo copy, home and state), ports, and the
+    profile (`server`: PostgreSQL and Redis, started by `up` on ports of their own)."""
     shutil.copytree(PROJECT_ROOT / "feature_repo", root / "feature_repo")
     (root / "home").mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRIFTLOOP_"))}
@@ -106,6 +107,9 @@ def make_env(root: Path) -> dict[str, str]:
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
             "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
             "DRIFTLOOP_RAY_PORT": str(free_port()),
+            "DRIFTLOOP_PROFILE": profile,
+            "DRIFTLOOP_POSTGRES_PORT": str(free_port()),
+            "DRIFTLOOP_REDIS_PORT": str(free_port()),
         }
     )
     return env
@@ -129,9 +133,10 @@ def stop_leftovers(root: Path) -> list[str]:
 class Stack:
     """The `driftloop up` the stack tests share, and what they need to talk to it."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, profile: str = "embedded"):
         self.root = root
-        self.env = make_env(root)
+        self.profile = profile
+        self.env = make_env(root, profile)
         self.home = Path(self.env["DRIFTLOOP_HOME"])
         self.prefect_url = f"http://127.0.0.1:{self.env['DRIFTLOOP_PREFECT_PORT']}"
         self.mlflow_url = f"http://127.0.0.1:{self.env['DRIFTLOOP_MLFLOW_PORT']}"
