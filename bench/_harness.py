@@ -89,12 +89,16 @@ class PrefectServer:
 class Stack:
     """`driftloop up` in a temporary checkout-like folder, with ports of its own."""
 
-    def __init__(self, worker: str = "driftloop") -> None:
+    def __init__(self, worker: str = "driftloop", profile: str = "embedded") -> None:
         self.worker = worker
+        self.profile = profile
         self.root = Path(tempfile.mkdtemp(prefix="driftloop-bench-stack-"))
         shutil.copytree(PROJECT_ROOT / "feature_repo", self.root / "feature_repo")
         self.prefect_port, self.mlflow_port = free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DRIFTLOOP_"))
+        }
+        self.env.pop("MLFLOW_BACKEND_STORE_URI", None)  # the local databases, not the caller's
         self.env.update(
             {
                 **TELEMETRY_OFF,
@@ -105,6 +109,9 @@ class Stack:
                 "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
                 "DRIFTLOOP_RAY_PORT": str(free_port()),
                 "DRIFTLOOP_WORKER": worker,
+                "DRIFTLOOP_PROFILE": profile,
+                "DRIFTLOOP_POSTGRES_PORT": str(free_port()),
+                "DRIFTLOOP_REDIS_PORT": str(free_port()),
             }
         )
         self.api = f"http://127.0.0.1:{self.prefect_port}/api"
