@@ -62,23 +62,31 @@ def test_the_code_fingerprint_covers_the_tasks_a_flow_imports():
 
 def test_a_warm_engine_is_its_runs_process_only_if_it_started_before_the_hand_over():
     """The zombie sweep's rule: a cold engine's environment names its run; a warm engine's
-    cannot, so its start time must precede the run's hand-over (a reused PID starts later)."""
-    from datetime import UTC, datetime
+    cannot, so its start time must precede the run's current state (a reused PID starts
+    later), also for a resumed run, whose first start was long before its engine's."""
+    from datetime import UTC, datetime, timedelta
     from uuid import uuid4
 
     from prefect.client.schemas.objects import FlowRun
-    from prefect.states import Running
+    from prefect.states import Pending, Running
 
     from driftloop.app.recovery import names_the_run
 
-    running = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    run = FlowRun(id=uuid4(), flow_id=uuid4(), start_time=running, state=Running())
+    first = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     warm = ["python", "-m", "driftloop.app.engine_process", "flows.training"]
+    run = FlowRun(id=uuid4(), flow_id=uuid4(), start_time=first, state=Running(timestamp=first))
     assert names_the_run({"PREFECT__FLOW_RUN_ID": str(run.id)}, ["python"], 0.0, run)
     assert not names_the_run({"PREFECT__FLOW_RUN_ID": "other"}, ["python"], 0.0, run)
-    assert names_the_run({}, warm, running.timestamp() - 60, run)
-    assert not names_the_run({}, warm, running.timestamp() + 1, run)  # a reused PID
-    assert not names_the_run({}, ["python", "other.py"], running.timestamp() - 60, run)
+    assert names_the_run({}, warm, first.timestamp() - 60, run)
+    assert not names_the_run({}, warm, first.timestamp() + 1, run)  # a reused PID
+    assert not names_the_run({}, ["python", "other.py"], first.timestamp() - 60, run)
+    # Resumed an hour later (its start_time stays the first attempt's), in a warm engine
+    # started a minute before the hand-over: Pending, then Running.
+    resumed = first + timedelta(hours=1)
+    for state in (Pending(timestamp=resumed), Running(timestamp=resumed + timedelta(seconds=5))):
+        again = run.model_copy(update={"state": state})
+        assert names_the_run({}, warm, resumed.timestamp() - 60, again)
+        assert not names_the_run({}, warm, resumed.timestamp() + 60, again)
 
 
 def test_the_engine_runs_on_the_workers_own_interpreter():

@@ -64,15 +64,18 @@ def names_the_run(
     A cold engine's environment names its run. A warm engine learns its run after it
     started, and the environment Linux shows (`/proc/<pid>/environ`) is the one a process
     started with: it cannot name the run. A warm engine is the run's if it started before the
-    run was handed to it: the run's first `Running` time, or (not yet running) the time of
-    its current state. A process that reused the PID of a run's dead engine started later.
+    time of the run's current state (Pending or Running), which the run reached after it was
+    handed to the engine. A process that reused the PID of a run's dead engine started later.
+
+    Not the run's `start_time`: that is its first `Running` time, and a resumed run (or a
+    retried one) is handed to an engine started long after it.
     """
     if environ.get("PREFECT__FLOW_RUN_ID") == str(run.id):
         return True
     if WARM_ENGINE_MODULE not in cmdline:
         return False
-    handed_over = run.start_time or (run.state.timestamp if run.state else None)
-    return handed_over is not None and created <= handed_over.timestamp()
+    current = run.state.timestamp if run.state else None
+    return current is not None and created <= current.timestamp()
 
 
 def run_process_alive(pid: int | None, run: FlowRun) -> bool:
