@@ -268,14 +268,14 @@ def postgres(settings: DriftloopSettings, env: dict[str, str]) -> Component:
     recovery. (SIGTERM, a smart shutdown, would wait for every client to leave.) Started
     after `ensure_cluster`."""
     data = settings.postgres_dir / "data"
-    sockets = settings.postgres_dir / "run"
-    sockets.mkdir(parents=True, exist_ok=True)
     return Component(
         name=POSTGRES,
         argv=[*_as_postgres_user(), str(postgres_bin_dir() / "postgres"),
               "-D", str(data), "-p", str(settings.postgres_port),
               "-c", f"listen_addresses={settings.host}",
-              "-c", f"unix_socket_directories={sockets}",
+              # TCP only: a socket path under a deep state folder can pass the 107 bytes
+              # Unix allows, and every client here connects by host and port.
+              "-c", "unix_socket_directories=",
               # Prefect's server and MLflow keep pools; 100 is PostgreSQL's default.
               "-c", "max_connections=100"],
         env=env,

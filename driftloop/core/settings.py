@@ -192,7 +192,7 @@ class DriftloopSettings(BaseSettings):
 
     @cached_property
     def postgres_dir(self) -> Path:
-        """The server profile's local PostgreSQL cluster (`data/`) and its socket folder."""
+        """The server profile's local PostgreSQL cluster (`data/`)."""
         return self.home / "postgres"
 
     @cached_property
