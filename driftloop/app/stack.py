@@ -465,24 +465,33 @@ def _claim_initial_revision(revision) -> None:
 
 @contextlib.contextmanager
 def _narration_to(path: Path) -> Iterator[None]:
-    """Send what Feast and DVC print while the demo is set up (and their INFO logs) to a log
-    file; the terminal keeps driftloop's own lines."""
+    """Send what Feast and DVC print while the demo is set up (and their logs) to a log file;
+    the terminal keeps driftloop's own lines.
+
+    Their loggers write to the file and stop propagating to the root logger, whose handler
+    (Prefect's console handler) holds the terminal's stream: setting their level is not
+    enough, as DVC sets its loggers' levels again when it initialises a repository."""
     import logging
 
     loggers = [logging.getLogger(name) for name in ("dvc", "feast")]
-    levels = [logger.level for logger in loggers]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
     with (
         path.open("a") as handle,
         contextlib.redirect_stdout(handle),
         contextlib.redirect_stderr(handle),
     ):
+        to_file = logging.StreamHandler(handle)
+        to_file.setLevel(logging.INFO)
         for logger in loggers:
-            logger.setLevel(logging.WARNING)
+            logger.addHandler(to_file)
+            logger.propagate = False
         try:
             yield
         finally:
-            for logger, level in zip(loggers, levels, strict=True):
+            for logger, (level, propagate) in zip(loggers, saved, strict=True):
+                logger.removeHandler(to_file)
                 logger.setLevel(level)
+                logger.propagate = propagate
 
 
 def _recover(janitor: RunJanitor, log: Log) -> None:
