@@ -196,9 +196,14 @@ def storm_then_ctrl_c_then_up_loses_no_revision(stack: Stack) -> float:
     assert all(r["state_type"] == "COMPLETED" for r in runs), summary
     assert stack.read_run(interrupted["id"])["state_type"] == "COMPLETED"
 
+    # At most one training for the 50 alerts (a drift check of a champion promoted meanwhile
+    # may start one of its own, with the columns it found).
     drift_runs = [r for r in runs if reason_of(r) == names.REASON_DRIFT_DETECTED]
-    assert len(drift_runs) <= 1, summary
-    assert all(r["parameters"]["trigger"]["drifted_columns"][0] == "plan" for r in drift_runs)
+    from_storm = [
+        r for r in drift_runs
+        if any(c.startswith("storm-") for c in r["parameters"]["trigger"]["drifted_columns"])
+    ]  # fmt: skip
+    assert len(from_storm) <= 1, summary
 
     versions = stack.mlflow().search_model_versions("name='churn-model'")
     trained = {v.tags[names.TAG_DVC_COMMIT][:8] for v in versions}
