@@ -77,12 +77,29 @@ def prefect_server() -> PrefectServer:
     server.stop()
 
 
+# The modules that each run a whole `driftloop up` (minutes each, mostly waiting on it).
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`): each module is
+# a group, run by one worker in file order, except that these two form one group, so one
+# worker runs the two stacks one after the other (two at once would share two cores between
+# two trainings) while the other worker runs the rest of the suite. They go first
+# (`--no-loadscope-reorder` keeps this order).
+LONGEST_FIRST = ("tests/test_stack.py", "tests/test_stack_server.py")
+WHOLE_STACK_GROUP = "whole-stack"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that needs the session's Prefect server (directly or through another
-    fixture) `integration`; the rest are the unit tier `make test-fast` runs."""
+    fixture) `integration`; the rest are the unit tier `make test-fast` runs. Group the tests
+    for xdist by module (the stacks together) and put the stacks first (a stable sort: every
+    worker collects the same order)."""
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
+        module = item.nodeid.split("::")[0]
+        group = WHOLE_STACK_GROUP if module in LONGEST_FIRST else module
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
