@@ -76,7 +76,7 @@ test: install server-deps ## lint, type-check and run the whole test suite (test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 test-fast: install ## the inner loop: lint and the unit tier (no Prefect server, no whole stack)
 	$(BIN)/ruff check .

@@ -78,28 +78,48 @@ def prefect_server() -> PrefectServer:
 
 
 # The modules that each run a whole `driftloop up` (minutes each, mostly waiting on it).
-# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`): each module is
-# a group, run by one worker in file order, except that these two form one group, so one
-# worker runs the two stacks one after the other (two at once would share two cores between
-# two trainings) while the other worker runs the rest of the suite. They go first
-# (`--no-loadscope-reorder` keeps this order).
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadscope`, with the
+# scheduler below): each module is a unit of work, run by one worker in file order, except
+# that these two form one unit, so one worker runs the two stacks one after the other (two at
+# once would share two cores between two trainings) while the other worker runs the rest of
+# the suite. They go first (`--no-loadscope-reorder` keeps the collection order).
 LONGEST_FIRST = ("tests/test_stack.py", "tests/test_stack_server.py")
-WHOLE_STACK_GROUP = "whole-stack"
+WHOLE_STACK = "whole-stack"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def work_unit(nodeid: str) -> str:
+    """The xdist work unit of a test: its module, or the stacks' shared unit.
+
+    Example:
+        >>> work_unit("tests/test_stack_server.py::test_x"), work_unit("tests/test_rules.py::t")
+        ('whole-stack', 'tests/test_rules.py')
+    """
+    module = nodeid.split("::", 1)[0]
+    return WHOLE_STACK if module in LONGEST_FIRST else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scope scheduling, with `work_unit` as the scope (only for --dist loadscope)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndStacks(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ModulesAndStacks(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that needs the session's Prefect server (directly or through another
-    fixture) `integration`; the rest are the unit tier `make test-fast` runs. Group the tests
-    for xdist by module (the stacks together) and put the stacks first (a stable sort: every
-    worker collects the same order)."""
+    fixture) `integration`; the rest are the unit tier `make test-fast` runs. Put the stacks
+    first (a stable sort: every worker collects the same order)."""
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.integration)
-        module = item.nodeid.split("::")[0]
-        group = WHOLE_STACK_GROUP if module in LONGEST_FIRST else module
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in LONGEST_FIRST)
+    items.sort(key=lambda item: work_unit(item.nodeid) != WHOLE_STACK)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
