@@ -239,7 +239,13 @@ class Stack:
         )  # fmt: skip
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         if "--no-labels" not in args:
-            assert "Emitted driftloop.dataset.updated" in pushed.stdout, pushed.stdout
+            # Announced by add-batch, or, if the new-data check's schedule found the pushed
+            # revision first, by that check (add-batch then says so and does not announce it
+            # a second time).
+            assert (
+                "Emitted driftloop.dataset.updated" in pushed.stdout
+                or "was announced already (by the new-data check)" in pushed.stdout
+            ), pushed.stdout
         return self.commits(1)[0]
 
     def run_deployment(self, deployment: str, timeout: float = 300, **parameters: Any) -> dict:

@@ -218,11 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         drift = STRONG_DRIFT if args.drift and not custom.is_drifted else custom
         if args.count < 1:
             raise SystemExit(f"--count must be at least 1, got {args.count}")
+        from driftloop.app.stack import narration_to
+
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
         for i in range(args.count):
-            revision = add_batch(
-                settings, rows=args.rows, drift=drift, seed=args.seed + i,
-                labels=not args.no_labels,
-            )  # fmt: skip
+            # What DVC and Feast print about the commit goes to the log, not the terminal.
+            with narration_to(settings.logs_dir / "demo-setup.log"):
+                revision = add_batch(
+                    settings, rows=args.rows, drift=drift, seed=args.seed + i,
+                    labels=not args.no_labels,
+                )  # fmt: skip
             if revision is None:
                 print(f"Added {args.rows} customers' feature rows without labels (no revision)")
                 continue

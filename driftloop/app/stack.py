@@ -464,7 +464,7 @@ def _claim_initial_revision(revision) -> None:
 
 
 @contextlib.contextmanager
-def _narration_to(path: Path) -> Iterator[None]:
+def narration_to(path: Path) -> Iterator[None]:
     """Send what Feast and DVC print while the demo is set up (and their logs) to a log file;
     the terminal keeps driftloop's own lines.
 
@@ -528,7 +528,7 @@ def set_up(
         from driftloop.app.demo.setup import prepare_demo
 
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        with _narration_to(settings.logs_dir / "demo-setup.log"):
+        with narration_to(settings.logs_dir / "demo-setup.log"):
             revisions = prepare_demo(settings)
         if revisions:
             log(
