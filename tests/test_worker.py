@@ -159,19 +159,33 @@ def pool_and_worker(start_worker):
     return pool, log
 
 
-def _deploy(pool: str, entrypoint: str, job_variables: dict | None = None) -> str:
+def _deploy(
+    pool: str, entrypoint: str, job_variables: dict | None = None, warm_log: Path | None = None
+) -> str:
+    """A deployment on the pool. With `warm_log` (the worker's log), return once the worker
+    has a warm engine that imports the deployment's module: until the worker has seen the
+    deployment, its idle engine is recycled for it, and a run arriving meanwhile starts cold
+    ("no warm engine is ready yet"), which the tests of the warm path must not race."""
     from prefect.client.orchestration import get_client
     from prefect.flows import load_flow_from_entrypoint
 
     flow = load_flow_from_entrypoint(entrypoint)
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow(flow)
-        return str(
+        deployment_id = str(
             client.create_deployment(
                 flow_id=flow_id, name=unique("dep"), entrypoint=entrypoint,
                 path=str(PROJECT_ROOT), work_pool_name=pool, job_variables=job_variables,
             )
         )  # fmt: skip
+    if warm_log is not None:
+        module = re.escape(entrypoint.rsplit(".", 1)[0])
+        pattern = rf"Warm engine \d+ started \(pre-imports [^)]*\b{module}\b"
+        deadline = time.monotonic() + 60
+        while not re.search(pattern, warm_log.read_text()):
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{warm_log.read_text()}"
+            time.sleep(0.2)
+    return deployment_id
 
 
 def _run(deployment_id: str, **parameters):
@@ -183,12 +197,14 @@ def _run(deployment_id: str, **parameters):
     return _wait_final(flow_run.id)
 
 
-def _start_sleeper(pool: str, folder: Path, **parameters) -> tuple[str, int]:
-    """Start `tests.worker_flows.sleeper` from a deployment on the pool; once its flow runs,
-    return the flow run's id and its engine's PID."""
+def _start_sleeper(
+    pool: str, folder: Path, warm_log: Path | None = None, **parameters
+) -> tuple[str, int]:
+    """Start `tests.worker_flows.sleeper` from a deployment on the pool (see `_deploy` for
+    `warm_log`); once its flow runs, return the flow run's id and its engine's PID."""
     from prefect.client.orchestration import get_client
 
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper")
+    deployment_id = _deploy(pool, "tests.worker_flows.sleeper", warm_log=warm_log)
     pid_file = folder / "pid"
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(
@@ -249,7 +265,7 @@ def test_a_run_outlives_its_worker(pool_and_worker, tmp_path: Path):
 def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Path):
     """On the warm path: the run's engine was started before the run."""
     pool, log = pool_and_worker
-    flow_run_id, pid = _start_sleeper(pool, tmp_path)
+    flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
     assert pid in warm_engines_started(log), log.read_text()
     os.kill(pid, signal.SIGKILL)
     run = _wait_final(flow_run_id)
@@ -261,7 +277,7 @@ def test_runs_start_in_engines_started_before_them(pool_and_worker):
     """Each run gets a warm engine of its own (a new one is started after each hand-over), and
     the zombie sweep sees a warm engine as its run's live process."""
     pool, log = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.engine_facts")
+    deployment_id = _deploy(pool, "tests.worker_flows.engine_facts", warm_log=log)
     pids = []
     for _ in range(2):
         started = warm_engines_started(log)
@@ -286,7 +302,7 @@ def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path:
     from driftloop.app.recovery import run_process_alive
 
     pool, log = pool_and_worker
-    flow_run_id, pid = _start_sleeper(pool, tmp_path)
+    flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
     assert pid in warm_engines_started(log), log.read_text()
     with get_client(sync_client=True) as client:
         assert run_process_alive(pid, client.read_flow_run(flow_run_id))  # not a zombie
@@ -333,7 +349,7 @@ def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
     pool, log, worker = start_worker()
     deployment_id = _deploy(
         pool, "tests.worker_flows.engine_facts",
-        job_variables={"env": {"DRIFTLOOP_TEST_SECRET": "s3cr3t"}},
+        job_variables={"env": {"DRIFTLOOP_TEST_SECRET": "s3cr3t"}}, warm_log=log,
     )  # fmt: skip
     run = _run(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
     assert run.state.result()["value"] == "s3cr3t"
@@ -383,7 +399,7 @@ def test_stopping_the_worker_kills_its_warm_runs_as_prefects_cold_path_does(
     from prefect.client.orchestration import get_client
 
     pool, log, worker = start_worker()
-    flow_run_id, pid = _start_sleeper(pool, tmp_path)
+    flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
     assert pid in warm_engines_started(log), log.read_text()
     stop(worker)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
