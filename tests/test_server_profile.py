@@ -37,7 +37,7 @@ def test_with_no_urls_up_starts_postgresql_and_redis_for_everything(tmp_path: Pa
     assert (dbs.local_postgres, dbs.local_redis) == (True, True)
     assert dbs.prefect_url == "postgresql+asyncpg://driftloop@127.0.0.1:5442/prefect"
     assert dbs.mlflow_url == "postgresql://driftloop@127.0.0.1:5442/mlflow"
-    assert dbs.local_databases(settings) == ["prefect", "mlflow"]
+    assert dbs.local_databases == ("prefect", "mlflow")
 
 
 @pytest.mark.parametrize("prefect_setting", server_profile.PREFECT_DATABASE_SETTINGS)
@@ -63,7 +63,7 @@ def test_only_the_database_not_given_is_created_locally(tmp_path: Path):
     settings = server_settings(tmp_path)
     dbs = Databases.of(settings, {"MLFLOW_BACKEND_STORE_URI": GIVEN_MLFLOW})
     assert dbs.local_postgres
-    assert dbs.local_databases(settings) == ["prefect"]
+    assert dbs.local_databases == ("prefect",)
 
 
 def test_the_embedded_profile_ignores_database_urls_in_the_callers_shell(
@@ -118,7 +118,7 @@ def test_postgresql_and_redis_start_serve_and_stop_cleanly_under_the_supervisor(
         try:
             supervisor.wait_healthy(postgres, 60)
             supervisor.wait_healthy(cache, 60)
-            created = server_profile.ensure_databases(settings, ["prefect", "mlflow"])
+            created = server_profile.ensure_databases(settings, ("prefect", "mlflow"))
             assert created == (["prefect", "mlflow"] if attempt == 1 else [])
             with psycopg2.connect(
                 host=settings.host, port=settings.postgres_port, dbname="mlflow",

@@ -101,8 +101,13 @@ class Databases:
 
     prefect_url: str
     mlflow_url: str
-    local_postgres: bool
+    # The databases `up` creates in the local PostgreSQL: the ones not given by URL.
+    local_databases: tuple[str, ...]
     local_redis: bool
+
+    @property
+    def local_postgres(self) -> bool:
+        return bool(self.local_databases)
 
     @classmethod
     def of(cls, settings: DriftloopSettings, env: dict[str, str]) -> Databases:
@@ -110,23 +115,24 @@ class Databases:
 
         Example:
             >>> dbs = Databases.of(DriftloopSettings(), {"MLFLOW_BACKEND_STORE_URI": "postgresql://db/m"})
-            >>> dbs.mlflow_url, dbs.local_postgres
-            ('postgresql://db/m', True)
+            >>> dbs.mlflow_url, dbs.local_databases
+            ('postgresql://db/m', ('prefect',))
         """
         given_prefect = next((env[k] for k in PREFECT_DATABASE_SETTINGS if env.get(k)), None)
         given_mlflow = env.get(MLFLOW_DATABASE_SETTING) or None
         return cls(
             prefect_url=given_prefect or local_postgres_url(settings, PREFECT_DATABASE, "+asyncpg"),
             mlflow_url=given_mlflow or local_postgres_url(settings, MLFLOW_DATABASE),
-            local_postgres=given_prefect is None or given_mlflow is None,
+            local_databases=tuple(
+                name
+                for name, given in (
+                    (PREFECT_DATABASE, given_prefect),
+                    (MLFLOW_DATABASE, given_mlflow),
+                )
+                if given is None
+            ),
             local_redis=settings.feast_redis is None,
         )
-
-    def local_databases(self, settings: DriftloopSettings) -> list[str]:
-        """The databases `up` creates in the local PostgreSQL: the ones not given by URL."""
-        urls = {PREFECT_DATABASE: self.prefect_url, MLFLOW_DATABASE: self.mlflow_url}
-        local = f"@{settings.host}:{settings.postgres_port}/"
-        return [name for name, url in urls.items() if url.endswith(local + name)]
 
 
 def postgres_bin_dir() -> Path:
@@ -222,7 +228,8 @@ class RedisPings(HealthCheck):
         import redis
 
         try:
-            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=1).ping())
+            with redis.Redis(host=self.host, port=self.port, socket_timeout=1) as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
 
@@ -288,7 +295,7 @@ def postgres(settings: DriftloopSettings, env: dict[str, str]) -> Component:
     )  # fmt: skip
 
 
-def ensure_databases(settings: DriftloopSettings, names: list[str]) -> list[str]:
+def ensure_databases(settings: DriftloopSettings, names: tuple[str, ...]) -> list[str]:
     """Create the missing databases in the local PostgreSQL; return the ones created."""
     import psycopg2
 

@@ -695,7 +695,7 @@ def _start_databases(
         supervisor.start(redis)
     if postgres is not None:
         took = supervisor.wait_healthy(postgres, settings.startup_timeout_s)
-        created = server_profile.ensure_databases(settings, dbs.local_databases(settings))
+        created = server_profile.ensure_databases(settings, dbs.local_databases)
         log(
             f"  postgres healthy after {took:.1f}s (port {settings.postgres_port}"
             + (f"; created database(s) {', '.join(created)})" if created else ")")
