@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,13 +20,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from driftloop.app.ports import free_port
 from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def configure(prefix: str) -> Path:

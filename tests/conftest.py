@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
+from driftloop.app import ports
 from driftloop.core.settings import PROJECT_ROOT, TELEMETRY_OFF
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port no other process is about to take (see driftloop.app.ports), from this
+    xdist worker's own slice of the range."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return ports.free_port(int(worker.removeprefix("gw")), max(workers, 1))
 
 
 ROOT = Path(tempfile.mkdtemp(prefix="driftloop-tests-"))

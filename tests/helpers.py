@@ -224,12 +224,7 @@ class RayNodes:
         return process.pid
 
     def start_head(self, num_cpus: int = 1) -> str:
-        import socket
-
-        def free() -> int:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
+        from tests.conftest import free_port as free
 
         self.port = free()
         self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
@@ -239,11 +234,9 @@ class RayNodes:
         return self.address
 
     def add_worker(self, name: str = "worker", num_cpus: int = 1) -> int:
-        import socket
+        from tests.conftest import free_port
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            agent_port = sock.getsockname()[1]
+        agent_port = free_port()
         return self._start(name, ["--address", self.address, "--num-cpus", str(num_cpus),
                                   "--dashboard-agent-listen-port", str(agent_port)])  # fmt: skip
 

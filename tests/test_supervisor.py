@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 
 from driftloop.app.supervisor import (
     Component,
+    HttpGet,
     PathExists,
     RestartBudgetExhausted,
     RestartPolicy,
@@ -311,3 +314,23 @@ def test_a_process_known_only_by_its_files_in_the_state_folder_is_stopped(tmp_pa
         assert processes_using((str(ray_dir),)) == []
     finally:
         holder.kill()
+
+
+def test_a_port_answered_by_something_other_than_http_is_not_healthy():
+    # A port taken by another program (CI saw a Ray agent's gRPC server answer on the port
+    # meant for Prefect) fails the check instead of crashing `up` with BadStatusLine.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\x00\x03\x7f\xff\xff\xff")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        assert not HttpGet(f"http://127.0.0.1:{port}/", timeout_s=5).passes()
+        thread.join(timeout=5)

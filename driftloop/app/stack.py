@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import cast
 
 from driftloop.app import server_profile
+from driftloop.app.ports import free_port
 from driftloop.app.recovery import RunJanitor
 from driftloop.app.supervisor import (
     Component,
@@ -119,12 +119,6 @@ def external_ray_address(env: dict[str, str]) -> str | None:
     return env.get("RAY_ADDRESS") or None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _stop_drivers_of_dead_head(temp_dir: Path) -> Callable[[Log], None]:
     """When the Ray head died: stop the processes that were attached to it, the flow runs
     whose tasks ran there.
@@ -202,8 +196,8 @@ def ray_head(settings: DriftloopSettings, env: dict[str, str]) -> Component:
               # Ray's fixed defaults for these (10001, 52365) would clash with a second stack
               # on the machine (the tests' stack beside `make up`); Ray picks the other ports
               # at random. The Ray client server cannot be switched off.
-              "--ray-client-server-port", str(_free_port()),
-              "--dashboard-agent-listen-port", str(_free_port())],
+              "--ray-client-server-port", str(free_port()),
+              "--dashboard-agent-listen-port", str(free_port())],
         env=head_env,
         log_file=settings.logs_dir / f"{RAY_HEAD}.log",
         port=settings.ray_port,

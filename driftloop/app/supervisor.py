@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import http.client
 import os
 import signal
 import socket
@@ -106,7 +107,9 @@ class HttpGet(HealthCheck):
         try:
             with urllib.request.urlopen(self.url, timeout=self.timeout_s) as response:
                 return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        # HTTPException: something that is not an HTTP server answers on the port (another
+        # program took it); not healthy, and the component's own bind error says the rest.
+        except (urllib.error.URLError, http.client.HTTPException, OSError):
             return False
 
     def describe(self) -> str:
