@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from driftloop.core import names
 from driftloop.core.settings import DriftloopSettings, get_settings, quiet_environment
@@ -121,6 +122,10 @@ def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int
         return stack.up(settings, with_demo=not args.no_demo)
     if args.command == "down":
         return stack.down(settings)
+    if args.for_up is not None:
+        first_training = stack.prepare(settings, with_demo=not args.no_demo)
+        args.for_up.write_text(f"{first_training or ''}\n")
+        return 0
     return _set_up(settings, with_demo=not args.no_demo)
 
 
@@ -141,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         "--all` (compose's one-shot `setup` service); idempotent",
     )
     setup.add_argument("--no-demo", action="store_true", help="skip the demo data")
+    # `up`'s own set-up, run by `up` in a child process (driftloop.app.stack.prepare): also
+    # ends and resumes runs left in flight and starts the first training, whose id it writes
+    # to the file named. Not for users: it assumes no worker serves the pool yet.
+    setup.add_argument("--for-up", metavar="RESULT_FILE", type=Path, help=argparse.SUPPRESS)
     worker = commands.add_parser(
         "worker",
         help="serve the work pool with driftloop's worker (woken by events; PREFECT_API_URL)",

@@ -29,12 +29,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
+from uuid import UUID
 
 from driftloop.app import server_profile
 from driftloop.app.ports import free_port
 from driftloop.app.recovery import RunJanitor
 from driftloop.app.supervisor import (
     Component,
+    HttpGet,
     PathExists,
     RestartBudgetExhausted,
     StartupError,
@@ -56,6 +58,9 @@ HEARTBEAT_S = 30
 SWEEP_S = 30.0
 # The component that runs the Ray head the flow runs attach to.
 RAY_HEAD = "ray-head"
+# Where `driftloop setup --for-up` (`up`'s set-up, in a child process) writes the id of the
+# first training it started, under the run folder; empty when it started none.
+PREPARE_RESULT_FILE = "prepare.result"
 
 
 def stack_env(settings: DriftloopSettings) -> dict[str, str]:
@@ -192,6 +197,12 @@ def ray_head(settings: DriftloopSettings, env: dict[str, str]) -> Component:
               "--port", str(settings.ray_port),
               "--num-cpus", str(os.cpu_count() or 1),
               "--include-dashboard=false", "--disable-usage-stats",
+              # Two Python processes a one-machine head has no use for (about 100 MB of an
+              # idle service, measured): the autoscaler's monitor (there is nothing to
+              # scale), and the log monitor, which copies Ray workers' stdout and stderr to
+              # the flow run's output. Task logs reach Prefect from the workers themselves,
+              # and the workers' own output stays in the session's logs/worker-*.out|err.
+              "--no-monitor", "--include-log-monitor=false",
               "--temp-dir", str(temp_dir),
               # Ray's fixed defaults for these (10001, 52365) would clash with a second stack
               # on the machine (the tests' stack beside `make up`); Ray picks the other ports
@@ -262,7 +273,8 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
         ),
         "mlflow-server": Component(
             name="mlflow-server",
-            argv=[python, "-m", "mlflow", "server", *mlflow_store,
+            # `mlflow server`, as the server process itself (driftloop.app._mlflow_server).
+            argv=[python, "-m", "driftloop.app._mlflow_server", *mlflow_store,
                   "--artifacts-destination", str(settings.mlflow_artifacts_dir),
                   "--host", settings.host, "--port", str(settings.mlflow_port),
                   "--workers", "1"],
@@ -534,6 +546,63 @@ def set_up(
     log("  deployed prefect.yaml")
 
 
+def start_first_training(log: Log = print) -> UUID | None:
+    """The demo's first training, unless a champion exists or a training is already
+    scheduled or running (a resumed one, say). Returns the new run's id."""
+    if _has_champion():
+        return None
+    from deployments import DeploymentNotFoundError, find_deployment
+    from driftloop.app import demo
+
+    training = demo.DEMO_TRAINING_DEPLOYMENT
+    try:  # prefect.yaml is edited by hand: say so if the demo's training is not there
+        find_deployment(training)
+    except DeploymentNotFoundError as exc:
+        raise StartupError(f"cannot start the first training: {exc}") from exc
+    if _training_in_flight(training):
+        return None
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    # run_deployment takes `<flow name>/<deployment name>`; called from sync code it returns
+    # the flow run, not a coroutine.
+    flow_run = cast(
+        FlowRun,
+        run_deployment(
+            f"{names.FLOW_TRAIN}/{training}",
+            timeout=0,
+            parameters={"trigger": {"reason": names.REASON_FIRST_START}},
+        ),
+    )
+    return flow_run.id
+
+
+def prepare(settings: DriftloopSettings, *, with_demo: bool, log: Log = print) -> UUID | None:
+    """`up`'s set-up of its own server: `set_up`, with the runs a previous stop or crash left
+    in flight ended and resumed before the demo data, then the demo's first training.
+    Returns the first training's run id, if one was started.
+
+    `up` runs it in a child process (`driftloop setup --for-up`), started with the servers
+    and ended before the worker starts. The set-up imports MLflow, Feast, DVC and pandas:
+    done in `up` itself, they stayed in its memory for the life of the service (about 250 MB
+    of an idle service, measured); the child gives them back when it ends."""
+    janitor = RunJanitor(worker_name=settings.worker_name, log=log)
+    servers = [HttpGet(f"{url}/health") for url in (settings.prefect_api_url, settings.mlflow_url)]
+    deadline = time.monotonic() + settings.startup_timeout_s
+    while not all(server.passes() for server in servers):
+        if time.monotonic() > deadline:
+            raise StartupError("the set-up gave up waiting for the Prefect and MLflow servers")
+        time.sleep(0.25)
+    set_up(
+        settings,
+        stack_env(settings),
+        with_demo=with_demo,
+        log=log,
+        before_demo=lambda: _recover(janitor, log),
+    )
+    return start_first_training(log) if with_demo else None
+
+
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
     """Run the embedded stack in the foreground until SIGINT or SIGTERM. Returns an exit code."""
     env = stack_env(settings)
@@ -574,15 +643,30 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         # only the worker waits for it.
         for name in servers + ((RAY_HEAD,) if head else ()):
             supervisor.start(components[name])
-        for name in servers:
-            took = supervisor.wait_healthy(components[name], settings.startup_timeout_s)
-            log(f"  {name} healthy after {took:.1f}s")
-            if stop.is_set():
-                return 130
-
-        set_up(
-            settings, env, with_demo=with_demo, log=log, before_demo=lambda: _recover(janitor, log)
+        # The set-up starts with the servers, in a child process (see `_prepare_in_child`):
+        # its imports, seconds of CPU, overlap their start-up, and it waits for them itself.
+        prepare_result = settings.run_dir / PREPARE_RESULT_FILE
+        prepare_result.unlink(missing_ok=True)
+        preparing = supervisor.start_one_shot(
+            [sys.executable, "-m", "driftloop.app.cli", "setup", "--for-up", str(prepare_result)]
+            + ([] if with_demo else ["--no-demo"]),
+            env,
+            cwd=PROJECT_ROOT,
         )
+        try:
+            for name in servers:
+                took = supervisor.wait_healthy(components[name], settings.startup_timeout_s)
+                log(f"  {name} healthy after {took:.1f}s")
+                if stop.is_set():
+                    return 130
+            code = preparing.wait(stop)
+        finally:
+            preparing.interrupt()
+        if code is None:
+            return 130
+        if code != 0 or not prepare_result.exists():
+            raise StartupError(f"the set-up failed (exit code {code}); its output is above")
+        first_training = UUID(text) if (text := prepare_result.read_text().strip()) else None
         if head is not None:
             # Flow runs attach to the head; none may start before it serves.
             took = supervisor.wait_healthy(head, settings.startup_timeout_s)
@@ -592,31 +676,9 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         supervisor.start(components["prefect-worker"])
         supervisor.wait_healthy(components["prefect-worker"], 5)
 
-        watch = None
-        if with_demo and not _has_champion():
-            from deployments import DeploymentNotFoundError, find_deployment
-            from driftloop.app import demo
-
-            training = demo.DEMO_TRAINING_DEPLOYMENT
-            try:  # prefect.yaml is edited by hand: say so if the demo's training is not there
-                find_deployment(training)
-            except DeploymentNotFoundError as exc:
-                raise StartupError(f"cannot start the first training: {exc}") from exc
-            if not _training_in_flight(training):
-                from prefect.client.schemas.objects import FlowRun
-                from prefect.deployments import run_deployment
-
-                # run_deployment takes `<flow name>/<deployment name>`; called from sync
-                # code it returns the flow run, not a coroutine.
-                flow_run = cast(
-                    FlowRun,
-                    run_deployment(
-                        f"{names.FLOW_TRAIN}/{training}",
-                        timeout=0,
-                        parameters={"trigger": {"reason": names.REASON_FIRST_START}},
-                    ),
-                )
-                watch = _TrainingWatch(flow_run.id, settings.prefect_ui_url, log)
+        watch = (
+            _TrainingWatch(first_training, settings.prefect_ui_url, log) if first_training else None
+        )
 
         log(
             f"\ndriftloop is up in {time.monotonic() - started:.0f}s\n"

@@ -31,6 +31,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -403,6 +404,56 @@ def stop_session(
     )
 
 
+class OneShot:
+    """A process of the service that runs once to its end (`up`'s set-up). Like a component
+    it carries the service id, has a session of its own and dies with the supervisor; its
+    output lines are relayed to the log as they come."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Log, cwd: Path | None):
+        self.process = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509
+        )
+        output = self.process.stdout
+        assert output is not None
+
+        def relay() -> None:
+            for line in output:
+                log(line.rstrip("\n"))
+
+        self._reader = threading.Thread(target=relay, name="relay-output", daemon=True)
+        self._reader.start()
+
+    def wait(self, stop: threading.Event) -> int | None:
+        """Its exit code once it ended; None if `stop` was set first (it is then
+        interrupted)."""
+        while self.process.poll() is None:
+            if stop.wait(0.2):
+                self.interrupt()
+                return None
+        self._reader.join(timeout=5)
+        return self.process.returncode
+
+    def interrupt(self) -> None:
+        """Stop it as Ctrl-C would, and kill it if it has not ended 30 s later. Nothing
+        happens if it has ended."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=5)
+
+
 class Supervisor:
     """Owns the stack's components: starts them, restarts the ones that die, stops them in
     reverse order."""
@@ -448,6 +499,13 @@ class Supervisor:
         (self.run_dir / f"{component.name}.pid").write_text(
             f"{component.process.pid} {component.term_signals} {component.stop_signal}\n"
         )
+
+    def start_one_shot(
+        self, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> OneShot:
+        """Start a one-shot process of the service (`up`'s set-up), not supervised: it is
+        not restarted, and its output goes to the log."""
+        return OneShot(argv, {**env, SERVICE_ID_ENV: self.service_id}, self.log, cwd)
 
     def healthy_now(self, component: Component) -> bool:
         """One health probe: the process runs and every health check passes (in order; the
