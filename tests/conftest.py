@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -264,3 +266,35 @@ def stack(tmp_path_factory):
 def server_stack(tmp_path_factory):
     """The server profile: PostgreSQL and Redis (tests/test_stack_server.py)."""
     yield from _live_stack(tmp_path_factory, "server")
+
+
+@pytest.fixture
+def start_worker(prefect_server, tmp_path: Path):
+    """Start `driftloop worker` on a new work pool made as `driftloop up` makes it; returns
+    (pool, log, process), once it listens for events and, with warm engines, one is started."""
+    from driftloop.app.bootstrap import ensure_work_pool
+    from tests.warm_worker import WARM_STARTED, stop_worker, wait_for_log
+
+    workers: list[subprocess.Popen] = []
+
+    def start(*args: str, env: dict[str, str] | None = None):
+        pool = unique("pool")
+        ensure_work_pool(pool)
+        log = tmp_path / f"{pool}.log"
+        env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "60",
+               "PREFECT_LOGGING_LEVEL": "INFO", **(env or {})}  # fmt: skip
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "driftloop.app.worker", "--pool", pool, *args],
+                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        workers.append(worker)
+        wait_for_log(log, r"Woken by \('prefect.flow-run.Scheduled'", worker)
+        if "--warm-engines=0" not in args:
+            wait_for_log(log, WARM_STARTED.pattern, worker)
+        return pool, log, worker
+
+    yield start
+    for worker in workers:
+        stop_worker(worker)

@@ -104,8 +104,88 @@ def _worker_is_running_a_trial(cluster: RayNodes) -> bool:
     return False
 
 
-@pytest.mark.parametrize("ray_retries", [2, 0], ids=["ray-retries", "no-ray-retries"])
-def test_a_node_dying_mid_search_loses_no_trial(big_demo, cluster, tmp_path, ray_retries):
+def _parent_run(mlflow, flow_run_id: str):
+    """The training's MLflow run: the one its lineage tags with the flow run, not a trial."""
+    client = mlflow.client()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments, filter_string=f"tags.`{names.TAG_FLOW_RUN_ID}` = '{flow_run_id}'"
+    )
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parent
+
+
+class _DeploymentRun:
+    """The training as a user's run reaches it: a deployment run on driftloop's worker, which
+    starts it in a warm engine (the worker attaches it to the cluster through RAY_ADDRESS)."""
+
+    def __init__(self, start_worker, cluster: RayNodes, kwargs: dict):
+        from prefect.client.orchestration import get_client
+
+        from tests.warm_worker import deploy
+
+        pool, self.log, _ = start_worker(env={"RAY_ADDRESS": cluster.address})
+        deployment_id = deploy(pool, "flows.training.train", warm_log=self.log)
+        with get_client(sync_client=True) as client:
+            self.id = client.create_flow_run_from_deployment(deployment_id, parameters=kwargs).id
+
+    def running(self) -> bool:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(self.id).state
+        return state is None or not state.is_final()
+
+    def result(self, mlflow) -> dict:
+        from tests.warm_worker import wait_final
+
+        run = wait_final(self.id, timeout=600)
+        assert run.state.is_completed(), run.state
+        text = self.log.read_text()
+        assert f"Flow run {self.id} starts in warm engine" in text, text
+        parent = _parent_run(mlflow, str(self.id))
+        states = [c.data.tags[names.TAG_TRIAL_STATE] for c in _children(mlflow, parent.info.run_id)]
+        completed = sum(state in ("Completed", "Cached") for state in states)
+        return {
+            "flow_run_id": str(self.id),
+            "mlflow_run_id": parent.info.run_id,
+            "trials_completed": completed,
+            "trials_failed": len(states) - completed,
+        }
+
+
+class _ProcessRun:
+    """The training in a fresh process of its own (as Prefect's stock worker runs it)."""
+
+    def __init__(self, cluster: RayNodes, kwargs: dict):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.run_training", json.dumps(kwargs)],
+            env=_env(cluster), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def result(self, mlflow) -> dict:
+        stdout, stderr = self.process.communicate(timeout=600)
+        assert self.process.returncode == 0, stderr[-4000:]
+        lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+        return json.loads(lines[-1][len("RESULT ") :])
+
+
+@pytest.mark.parametrize(
+    ("ray_retries", "path"),
+    [(2, "warm-engine"), (0, "fresh-process")],
+    ids=["ray-retries-warm-engine", "no-ray-retries-fresh-process"],
+)
+def test_a_node_dying_mid_search_loses_no_trial(
+    big_demo, cluster, tmp_path, start_worker, ray_retries, path
+):
+    """Kill the node running a trial, mid-trial. With Ray's retries the trial runs again on the
+    other node; without them it fails visibly and the search goes on. The first variant runs
+    the training as a deployment run in driftloop's warm engine, the second in a process of
+    its own: node death is handled the same on both paths."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -121,23 +201,22 @@ def test_a_node_dying_mid_search_loses_no_trial(big_demo, cluster, tmp_path, ray
         families=["random_forest", "gradient_boosting"],
     )  # fmt: skip
     kwargs["ray_block"] = ray_block
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "tests.run_training", json.dumps(kwargs)],
-        env=_env(cluster), cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    flow = (
+        _DeploymentRun(start_worker, cluster, kwargs)
+        if path == "warm-engine"
+        else _ProcessRun(cluster, kwargs)
+    )
     deadline = time.monotonic() + 300
+    checked = 0.0
     while not _worker_is_running_a_trial(cluster):
-        assert flow.poll() is None, ("the search ended before a trial ran on the worker",
-                                     flow.communicate())  # fmt: skip
+        if time.monotonic() - checked > 1:  # the deployment run's state is an API call
+            assert flow.running(), "the search ended before a trial ran on the worker"
+            checked = time.monotonic()
         assert time.monotonic() < deadline, "no trial ever started on the worker node"
         time.sleep(0.02)
     cluster.kill("worker")  # the whole node, mid-trial
 
-    stdout, stderr = flow.communicate(timeout=600)
-    assert flow.returncode == 0, stderr[-4000:]
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    result = json.loads(lines[-1][len("RESULT ") :])
+    result = flow.result(mlflow)
 
     # Every trial is accounted for: completed (re-run elsewhere) or visibly failed.
     assert result["trials_completed"] + result["trials_failed"] == 8

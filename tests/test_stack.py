@@ -63,9 +63,16 @@ def now_iso() -> str:
 
 def check_drift(stack: Stack) -> tuple[dict, list[dict]]:
     """A run of the drift check, as its hourly schedule starts it, and the events it emitted.
-    (One the schedule started at the same moment may take the deployment's slot: then this
-    one is cancelled, and is started again.)"""
+    The deployment runs one check at a time and cancels a new one that finds its slot taken:
+    by a `check-after-promotion` run the last promotion started, or by one its schedule
+    started at the same moment. So each attempt waits for the slot to be free first, and a
+    cancelled attempt is started again."""
     for _ in range(3):
+        deadline = time.monotonic() + 180
+        while any(r["state_type"] in ("SCHEDULED", "PENDING", "RUNNING")
+                  for r in stack.flow_runs(MONITOR)):  # fmt: skip
+            assert time.monotonic() < deadline, "the drift check's slot stayed taken for 180 s"
+            time.sleep(1)
         since = now_iso()
         run = stack.run_deployment(MONITOR)
         if run["state_type"] != "CANCELLED":

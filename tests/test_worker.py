@@ -8,9 +8,7 @@ match."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +17,15 @@ import pytest
 
 from driftloop.app.worker import engine_command, is_pool_scheduled_event
 from driftloop.core.settings import PROJECT_ROOT
-from tests.helpers import unique
+from tests.warm_worker import (
+    WARM_STARTED,
+    deploy,
+    run_and_wait,
+    stop_worker,
+    wait_final,
+    wait_for_log,
+    warm_engines_started,
+)
 
 
 def test_the_private_prefect_apis_the_worker_uses_still_exist():
@@ -97,104 +103,11 @@ def test_the_engine_runs_on_the_workers_own_interpreter():
     assert not is_pool_scheduled_event("prefect.flow-run.Running")
 
 
-WARM_STARTED = re.compile(r"Warm engine (\d+) started")
-
-
-def warm_engines_started(log: Path) -> list[int]:
-    return [int(pid) for pid in WARM_STARTED.findall(log.read_text())]
-
-
-def wait_for_log(log: Path, pattern: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, log.read_text()):
-        assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{log.read_text()}"
-        time.sleep(0.2)
-
-
-def stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-@pytest.fixture
-def start_worker(prefect_server, tmp_path: Path):
-    """Start `driftloop worker` on a new work pool made as `driftloop up` makes it; returns
-    (pool, log, process), once it listens for events and, with warm engines, one is started."""
-    from driftloop.app.bootstrap import ensure_work_pool
-
-    workers: list[subprocess.Popen] = []
-
-    def start(*args: str, env: dict[str, str] | None = None):
-        pool = unique("pool")
-        ensure_work_pool(pool)
-        log = tmp_path / f"{pool}.log"
-        env = {**os.environ, "PREFECT_WORKER_QUERY_SECONDS": "60",
-               "PREFECT_LOGGING_LEVEL": "INFO", **(env or {})}  # fmt: skip
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "driftloop.app.worker", "--pool", pool, *args],
-                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        workers.append(worker)
-        wait_for_log(log, r"Woken by \('prefect.flow-run.Scheduled'", worker)
-        if "--warm-engines=0" not in args:
-            wait_for_log(log, WARM_STARTED.pattern, worker)
-        return pool, log, worker
-
-    yield start
-    for worker in workers:
-        stop(worker)
-
-
 @pytest.fixture
 def pool_and_worker(start_worker):
     """A work pool and `driftloop worker` serving it, with its default warm engine."""
     pool, log, _ = start_worker()
     return pool, log
-
-
-def _deploy(
-    pool: str, entrypoint: str, job_variables: dict | None = None, warm_log: Path | None = None
-) -> str:
-    """A deployment on the pool. With `warm_log` (the worker's log), return once the worker
-    has a warm engine that imports the deployment's module: until the worker has seen the
-    deployment, its idle engine is recycled for it, and a run arriving meanwhile starts cold
-    ("no warm engine is ready yet"), which the tests of the warm path must not race."""
-    from prefect.client.orchestration import get_client
-    from prefect.flows import load_flow_from_entrypoint
-
-    flow = load_flow_from_entrypoint(entrypoint)
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow(flow)
-        deployment_id = str(
-            client.create_deployment(
-                flow_id=flow_id, name=unique("dep"), entrypoint=entrypoint,
-                path=str(PROJECT_ROOT), work_pool_name=pool, job_variables=job_variables,
-            )
-        )  # fmt: skip
-    if warm_log is not None:
-        module = re.escape(entrypoint.rsplit(".", 1)[0])
-        pattern = rf"Warm engine \d+ started \(pre-imports [^)]*\b{module}\b"
-        deadline = time.monotonic() + 60
-        while not re.search(pattern, warm_log.read_text()):
-            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{warm_log.read_text()}"
-            time.sleep(0.2)
-    return deployment_id
-
-
-def _run(deployment_id: str, **parameters):
-    """Run the deployment and wait for its end."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
-    return _wait_final(flow_run.id)
 
 
 def _start_sleeper(
@@ -204,7 +117,7 @@ def _start_sleeper(
     `warm_log`); once its flow runs, return the flow run's id and its engine's PID."""
     from prefect.client.orchestration import get_client
 
-    deployment_id = _deploy(pool, "tests.worker_flows.sleeper", warm_log=warm_log)
+    deployment_id = deploy(pool, "tests.worker_flows.sleeper", warm_log=warm_log)
     pid_file = folder / "pid"
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(
@@ -217,27 +130,14 @@ def _start_sleeper(
     return flow_run.id, int(pid_file.read_text())
 
 
-def _wait_final(flow_run_id, timeout: float = 120):
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            run = client.read_flow_run(flow_run_id)
-            if run.state and run.state.is_final():
-                return run
-            assert time.monotonic() < deadline, f"still {run.state} after {timeout}s"
-            time.sleep(0.5)
-
-
 def test_a_run_is_picked_up_on_its_event_in_one_interpreter(pool_and_worker):
     from prefect.client.orchestration import get_client
 
     pool, log = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.parent_of_engine")
+    deployment_id = deploy(pool, "tests.worker_flows.parent_of_engine")
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run_from_deployment(deployment_id)
-    run = _wait_final(flow_run.id)
+    run = wait_final(flow_run.id)
     assert run.state.is_completed(), run.state
     assert f"Picked up flow run {flow_run.id} on its event" in log.read_text()
     parent = run.state.result()
@@ -258,7 +158,7 @@ def test_a_run_outlives_its_worker(pool_and_worker, tmp_path: Path):
     assert "driftloop.app.worker" in " ".join(worker.cmdline())
     assert os.getsid(engine.pid) != os.getsid(worker.pid)
     os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
-    run = _wait_final(flow_run_id)
+    run = wait_final(flow_run_id)
     assert run.state.is_completed(), run.state
 
 
@@ -268,7 +168,7 @@ def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Pat
     flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
     assert pid in warm_engines_started(log), log.read_text()
     os.kill(pid, signal.SIGKILL)
-    run = _wait_final(flow_run_id)
+    run = wait_final(flow_run_id)
     assert run.state.is_crashed(), run.state
 
 
@@ -277,11 +177,11 @@ def test_runs_start_in_engines_started_before_them(pool_and_worker):
     """Each run gets a warm engine of its own (a new one is started after each hand-over), and
     the zombie sweep sees a warm engine as its run's live process."""
     pool, log = pool_and_worker
-    deployment_id = _deploy(pool, "tests.worker_flows.engine_facts", warm_log=log)
+    deployment_id = deploy(pool, "tests.worker_flows.engine_facts", warm_log=log)
     pids = []
     for _ in range(2):
         started = warm_engines_started(log)
-        run = _run(deployment_id)
+        run = run_and_wait(deployment_id)
         assert run.state.is_completed(), run.state
         pid = run.state.result()["pid"]
         assert pid in started, (pid, started)  # started before the run was created
@@ -307,7 +207,7 @@ def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path:
     with get_client(sync_client=True) as client:
         assert run_process_alive(pid, client.read_flow_run(flow_run_id))  # not a zombie
         client.set_flow_run_state(flow_run_id, Cancelling(), force=True)  # the UI's Cancel
-    run = _wait_final(flow_run_id, timeout=60)
+    run = wait_final(flow_run_id, timeout=60)
     assert run.state.is_cancelled(), run.state
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
@@ -327,9 +227,9 @@ def test_a_code_change_recycles_the_warm_engines(start_worker, tmp_path: Path, m
     module.write_text(source.format(1))
     monkeypatch.syspath_prepend(str(tmp_path))  # this process imports it to deploy it
     pool, log, worker = start_worker(env={"PYTHONPATH": str(tmp_path)})
-    deployment_id = _deploy(pool, "editable_flows.versioned.versioned")
+    deployment_id = deploy(pool, "editable_flows.versioned.versioned")
     wait_for_log(log, r"pre-imports editable_flows\.versioned", worker)  # knows the deployment
-    run = _run(deployment_id)
+    run = run_and_wait(deployment_id)
     assert run.state.result() == 1
     assert f"Flow run {run.id} starts in warm engine" in log.read_text()
 
@@ -339,7 +239,7 @@ def test_a_code_change_recycles_the_warm_engines(start_worker, tmp_path: Path, m
     stat = module.stat()
     os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     wait_for_log(log, rf"Recycling warm engine {idle}: the flows' code changed", worker)
-    run = _run(deployment_id)
+    run = run_and_wait(deployment_id)
     assert run.state.result() == 2, log.read_text()
 
 
@@ -347,11 +247,11 @@ def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
     """A deployment with an environment of its own starts cold, naming the variable (not its
     value); the engines then learn its spec, and its next run is warm."""
     pool, log, worker = start_worker()
-    deployment_id = _deploy(
+    deployment_id = deploy(
         pool, "tests.worker_flows.engine_facts",
         job_variables={"env": {"DRIFTLOOP_TEST_SECRET": "s3cr3t"}}, warm_log=log,
     )  # fmt: skip
-    run = _run(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
+    run = run_and_wait(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
     assert run.state.result()["value"] == "s3cr3t"
     text = log.read_text()
     assert (
@@ -360,7 +260,7 @@ def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
     ) in text, text
     assert "s3cr3t" not in text
     wait_for_log(log, r"starts in a cold engine[\s\S]*" + WARM_STARTED.pattern, worker)
-    run = _run(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
+    run = run_and_wait(deployment_id, variable="DRIFTLOOP_TEST_SECRET")
     assert run.state.result()["value"] == "s3cr3t"
     assert f"Flow run {run.id} starts in warm engine" in log.read_text()
 
@@ -374,14 +274,14 @@ def test_idle_engines_are_recycled_and_none_outlives_the_worker(start_worker):
     wait_for_log(log, r"Warm engine (?!{first})\d+ started".replace("{first}", str(first)),
                  worker)  # fmt: skip
     assert not psutil.pid_exists(first) or psutil.Process(first).status() == "zombie"
-    stop(worker)
+    stop_worker(worker)
     alive = [pid for pid in warm_engines_started(log) if psutil.pid_exists(pid)]
     assert not alive, log.read_text()  # the worker waited for them
 
 
 def test_no_warm_engines_means_cold_runs(start_worker):
     pool, log, _ = start_worker("--warm-engines=0")
-    run = _run(_deploy(pool, "tests.worker_flows.engine_facts"))
+    run = run_and_wait(deploy(pool, "tests.worker_flows.engine_facts"))
     assert run.state.is_completed(), run.state
     assert f"Flow run {run.id} starts in a cold engine: warm engines are off" in log.read_text()
     assert not warm_engines_started(log)
@@ -401,7 +301,7 @@ def test_stopping_the_worker_kills_its_warm_runs_as_prefects_cold_path_does(
     pool, log, worker = start_worker()
     flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
     assert pid in warm_engines_started(log), log.read_text()
-    stop(worker)
+    stop_worker(worker)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     time.sleep(2)  # a crash report, had there been one, would have arrived
     with get_client(sync_client=True) as client:
