@@ -123,7 +123,11 @@ def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int
     if args.command == "down":
         return stack.down(settings)
     if args.for_up is not None:
-        first_training = stack.prepare(settings, with_demo=not args.no_demo)
+        try:
+            first_training = stack.prepare(settings, with_demo=not args.no_demo)
+        except stack.StartupError as exc:  # a reason for the user, not a traceback
+            print(f"  {exc}")
+            return 1
         args.for_up.write_text(f"{first_training or ''}\n")
         return 0
     return _set_up(settings, with_demo=not args.no_demo)

@@ -546,7 +546,7 @@ def set_up(
     log("  deployed prefect.yaml")
 
 
-def start_first_training(log: Log = print) -> UUID | None:
+def start_first_training() -> UUID | None:
     """The demo's first training, unless a champion exists or a training is already
     scheduled or running (a resumed one, say). Returns the new run's id."""
     if _has_champion():
@@ -600,7 +600,7 @@ def prepare(settings: DriftloopSettings, *, with_demo: bool, log: Log = print) -
         log=log,
         before_demo=lambda: _recover(janitor, log),
     )
-    return start_first_training(log) if with_demo else None
+    return start_first_training() if with_demo else None
 
 
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
@@ -643,7 +643,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         # only the worker waits for it.
         for name in servers + ((RAY_HEAD,) if head else ()):
             supervisor.start(components[name])
-        # The set-up starts with the servers, in a child process (see `_prepare_in_child`):
+        # The set-up starts with the servers, in a child process (see `prepare`):
         # its imports, seconds of CPU, overlap their start-up, and it waits for them itself.
         prepare_result = settings.run_dir / PREPARE_RESULT_FILE
         prepare_result.unlink(missing_ok=True)
