@@ -334,3 +334,28 @@ def test_a_port_answered_by_something_other_than_http_is_not_healthy():
         thread.start()
         assert not HttpGet(f"http://127.0.0.1:{port}/", timeout_s=5).passes()
         thread.join(timeout=5)
+
+
+def test_a_one_shot_relays_its_output_and_is_interrupted_on_stop(tmp_path):
+    """`up`'s set-up runs as a one-shot: its lines reach the log, its exit code is returned,
+    and a stop (Ctrl-C of `up`) interrupts it instead of waiting for it."""
+    lines: list[str] = []
+    supervisor = Supervisor(tmp_path / "run", service_id="one-shot-test", log=lines.append)
+    stop = threading.Event()
+    done = supervisor.start_one_shot(
+        [sys.executable, "-c", "print('prepared'); raise SystemExit(3)"], dict(os.environ)
+    )
+    assert done.wait(stop) == 3
+    assert lines == ["prepared"]
+
+    script = "import os, time; print(os.environ['DRIFTLOOP_SERVICE_ID']); time.sleep(60)"
+    slow = supervisor.start_one_shot([sys.executable, "-u", "-c", script], dict(os.environ))
+    deadline = time.monotonic() + 30
+    while "one-shot-test" not in lines:  # it carries the service id, as components do
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    stop.set()
+    started = time.monotonic()
+    assert slow.wait(stop) is None
+    assert time.monotonic() - started < 10, "the stop waited for the one-shot to finish"
+    assert slow.process.poll() is not None
