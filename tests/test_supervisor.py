@@ -357,5 +357,6 @@ def test_a_one_shot_relays_its_output_and_is_interrupted_on_stop(tmp_path):
     stop.set()
     started = time.monotonic()
     assert slow.wait(stop) is None
-    assert time.monotonic() - started < 10, "the stop waited for the one-shot to finish"
+    # SIGINT, or SIGTERM 5 s later where SIGINT is ignored (as under pytest-xdist).
+    assert time.monotonic() - started < 20, "the stop waited for the one-shot to finish"
     assert slow.process.poll() is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -123,6 +124,9 @@ def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int
     if args.command == "down":
         return stack.down(settings)
     if args.for_up is not None:
+        # `up` stops its set-up with SIGINT; honour it even if `up` was started with SIGINT
+        # ignored (a background job), which its children inherit.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             first_training = stack.prepare(settings, with_demo=not args.no_demo)
         except stack.StartupError as exc:  # a reason for the user, not a traceback

@@ -442,15 +442,15 @@ class OneShot:
         return self.process.returncode
 
     def interrupt(self) -> None:
-        """Stop it as Ctrl-C would, and kill it if it has not ended 30 s later. Nothing
-        happens if it has ended."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop it as Ctrl-C would; SIGTERM if it is still there 5 s later (a process started
+        with SIGINT ignored, as a background job's children are, inherits that), and SIGKILL
+        25 s after that. Nothing happens if it has ended."""
+        for sig, grace_s in ((signal.SIGINT, 5), (signal.SIGTERM, 25), (signal.SIGKILL, 5)):
+            if self.process.poll() is not None:
+                break
+            self.process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=grace_s)
         self._reader.join(timeout=5)
 
 
