@@ -342,14 +342,13 @@ def test_a_one_shot_relays_its_output_and_is_interrupted_on_stop(tmp_path):
     lines: list[str] = []
     supervisor = Supervisor(tmp_path / "run", service_id="one-shot-test", log=lines.append)
     stop = threading.Event()
-    done = supervisor.start_one_shot(
-        [sys.executable, "-c", "print('prepared'); raise SystemExit(3)"], dict(os.environ)
-    )
+    script = "print('prepared'); raise SystemExit(3)"
+    done = supervisor.start_one_shot("prepare", [sys.executable, "-c", script], dict(os.environ))
     assert done.wait(stop) == 3
     assert lines == ["prepared"]
 
     script = "import os, time; print(os.environ['DRIFTLOOP_SERVICE_ID']); time.sleep(60)"
-    slow = supervisor.start_one_shot([sys.executable, "-u", "-c", script], dict(os.environ))
+    slow = supervisor.start_one_shot("slow", [sys.executable, "-u", "-c", script], dict(os.environ))
     deadline = time.monotonic() + 30
     while "one-shot-test" not in lines:  # it carries the service id, as components do
         assert time.monotonic() < deadline, lines
@@ -357,6 +356,6 @@ def test_a_one_shot_relays_its_output_and_is_interrupted_on_stop(tmp_path):
     stop.set()
     started = time.monotonic()
     assert slow.wait(stop) is None
-    # SIGINT, or SIGTERM 5 s later where SIGINT is ignored (as under pytest-xdist).
+    # SIGINT, or SIGKILL 10 s later where SIGINT is ignored (as under pytest-xdist).
     assert time.monotonic() - started < 20, "the stop waited for the one-shot to finish"
     assert slow.process.poll() is not None

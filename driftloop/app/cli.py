@@ -132,6 +132,8 @@ def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int
         except stack.StartupError as exc:  # a reason for the user, not a traceback
             print(f"  {exc}")
             return 1
+        except KeyboardInterrupt:  # `up` is stopping and says so
+            return 130
         args.for_up.write_text(f"{first_training or ''}\n")
         return 0
     return _set_up(settings, with_demo=not args.no_demo)

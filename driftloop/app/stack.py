@@ -648,6 +648,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
         prepare_result = settings.run_dir / PREPARE_RESULT_FILE
         prepare_result.unlink(missing_ok=True)
         preparing = supervisor.start_one_shot(
+            "the set-up",
             [sys.executable, "-m", "driftloop.app.cli", "setup", "--for-up", str(prepare_result)]
             + ([] if with_demo else ["--no-demo"]),
             env,

@@ -409,7 +409,8 @@ class OneShot:
     it carries the service id, has a session of its own and dies with the supervisor; its
     output lines are relayed to the log as they come."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Log, cwd: Path | None):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Log, cwd: Path | None):
+        self.name, self.log = name, log
         self.process = subprocess.Popen(
             argv,
             env=env,
@@ -442,15 +443,13 @@ class OneShot:
         return self.process.returncode
 
     def interrupt(self) -> None:
-        """Stop it as Ctrl-C would; SIGTERM if it is still there 5 s later (a process started
-        with SIGINT ignored, as a background job's children are, inherits that), and SIGKILL
-        25 s after that. Nothing happens if it has ended."""
-        for sig, grace_s in ((signal.SIGINT, 5), (signal.SIGTERM, 25), (signal.SIGKILL, 5)):
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=grace_s)
+        """Stop it and whatever it started (its session) as Ctrl-C would, and SIGKILL what is
+        left 10 s later: a process started with SIGINT ignored, as a background job's
+        children are, inherits that. Nothing happens if all of it has ended."""
+        stop_session(
+            self.process.pid, 1, 10.0, self.name, self.log,
+            reap=self.process.poll, stop_signal=signal.SIGINT,
+        )  # fmt: skip
         self._reader.join(timeout=5)
 
 
@@ -501,11 +500,11 @@ class Supervisor:
         )
 
     def start_one_shot(
-        self, argv: list[str], env: dict[str, str], cwd: Path | None = None
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
     ) -> OneShot:
         """Start a one-shot process of the service (`up`'s set-up), not supervised: it is
         not restarted, and its output goes to the log."""
-        return OneShot(argv, {**env, SERVICE_ID_ENV: self.service_id}, self.log, cwd)
+        return OneShot(name, argv, {**env, SERVICE_ID_ENV: self.service_id}, self.log, cwd)
 
     def healthy_now(self, component: Component) -> bool:
         """One health probe: the process runs and every health check passes (in order; the
