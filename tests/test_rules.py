@@ -234,3 +234,20 @@ def test_the_time_split_is_the_same_whatever_order_the_rows_came_in():
     older, newer = split_by_time(frame, "ts", 0.3, ["id"])
     assert len(newer) == 3
     assert newer["ts"].min() > older["ts"].max()
+
+
+# --- the model's input contract ------------------------------------------------------------
+def test_a_categorical_feature_stays_text_even_when_every_value_is_missing():
+    import pandas as pd
+
+    from driftloop.core.contracts import FeatureColumn
+    from driftloop.core.modeling import feature_matrix
+
+    columns = [
+        FeatureColumn(name="plan", ref="v:plan", feast_type="String", kind="categorical"),
+        FeatureColumn(name="n", ref="v:n", feast_type="Int64", kind="numeric"),
+    ]
+    matrix = feature_matrix(pd.DataFrame({"plan": [None, None], "n": [1, None]}), columns)
+    assert matrix["plan"].dtype == object
+    assert matrix["n"].dtype == "float64"
+    assert matrix["plan"].isna().all()

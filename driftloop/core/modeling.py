@@ -35,8 +35,8 @@ SKOPS_TRUSTED_TYPES = [
 
 def feature_matrix(frame: pd.DataFrame, columns: Sequence[FeatureColumn]) -> pd.DataFrame:
     """Select and type the model inputs: numerics as float64 (nulls stay NaN), categoricals as
-    strings with NaN for missing. Integers become floats so that a null served online does not
-    break the model signature."""
+    strings (object dtype) with NaN for missing. Integers become floats so that a null served
+    online does not break the model signature."""
     import pandas as pd
 
     out = {}
@@ -48,8 +48,13 @@ def feature_matrix(frame: pd.DataFrame, columns: Sequence[FeatureColumn]) -> pd.
             out[col.name] = values.astype("float64")
         else:
             series = values.astype(object)
-            out[col.name] = series.where(series.notna(), np.nan).map(
-                lambda v: v if isinstance(v, float) else str(v)
+            # Object dtype even when every value is missing: a column of NaN alone would be
+            # float64, which the model's string signature refuses (one online request can
+            # have a categorical feature missing in all its rows).
+            out[col.name] = (
+                series.where(series.notna(), np.nan)
+                .map(lambda v: v if isinstance(v, float) else str(v))
+                .astype(object)
             )
     return pd.DataFrame(out, index=frame.index)
 
