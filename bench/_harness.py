@@ -102,6 +102,7 @@ class Stack:
                 "DRIFTLOOP_MLFLOW_PORT": str(self.mlflow_port),
                 "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
                 "DRIFTLOOP_RAY_PORT": str(free_port()),
+                "DRIFTLOOP_SERVING_PORT": str(free_port()),
                 "DRIFTLOOP_WORKER": worker,
                 "DRIFTLOOP_PROFILE": profile,
                 "DRIFTLOOP_POSTGRES_PORT": str(free_port()),

@@ -8,5 +8,13 @@ from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
 from blocks.ray import RayCluster
+from blocks.serving import ServingConfig
 
-__all__ = ["DriftPolicy", "DvcDataset", "FeastFeatureStore", "MlflowTracking", "RayCluster"]
+__all__ = [
+    "DriftPolicy",
+    "DvcDataset",
+    "FeastFeatureStore",
+    "MlflowTracking",
+    "RayCluster",
+    "ServingConfig",
+]

@@ -50,16 +50,17 @@ class FeastFeatureStore(DriftloopBlock):
             )
         # Feast leaves an unset ${VARIABLE} as it is, and would then fail on a host named
         # "${VARIABLE}": name the variable instead.
-        unset = sorted(
-            name
-            for name in re.findall(r"\$\{(\w+)\}", self.config_path.read_text())
-            if name not in os.environ
-        )
+        unset = [name for name in self.config_variables() if name not in os.environ]
         if unset:
             raise BlockConfigurationError(
                 f"Block {ref!r}: {self.config_path} uses environment variable(s) "
                 f"{', '.join(unset)}, which are not set in this process"
             )
+
+    def config_variables(self) -> list[str]:
+        """The environment variables the Feast configuration file expands (`${NAME}`), sorted.
+        A process that opens the store elsewhere (a Ray Serve replica) needs them too."""
+        return sorted(set(re.findall(r"\$\{(\w+)\}", self.config_path.read_text())))
 
     def local_registry(self) -> Path | None:
         """The registry file the Feast configuration names, if the registry is a local file (Feast's

@@ -100,23 +100,31 @@ class MlflowTracking(DriftloopBlock):
                 raise
             return experiment.experiment_id
 
+    def find_monitoring_run(
+        self, kind: str, model_name: str, version: str | None = None
+    ) -> str | None:
+        """The id of the run that holds a model's (or one version's) `kind` of monitoring
+        series, or None if there is none yet (the serving application reads it)."""
+        client = self.activate()
+        experiment = client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return None
+        tags = _monitor_tags(kind, model_name, version)
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found = client.search_runs([experiment.experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
+
     def monitoring_run(self, kind: str, model_name: str, version: str | None = None) -> str:
         """The id of the run that holds a model's (or one version's) `kind` of monitoring
         series, created on first use: its metrics have one step per check, so the MLflow UI
         charts them."""
-        from driftloop.core import names
-
-        client = self.activate()
-        experiment_id = self.experiment_id()
-        tags = {names.TAG_MONITOR: kind, names.TAG_MODEL_NAME: model_name}
-        if version is not None:
-            tags[names.TAG_DRIFT_CHAMPION_VERSION] = version
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        found = client.search_runs([experiment_id], query, max_results=1)
-        if found:
-            return found[0].info.run_id
+        found = self.find_monitoring_run(kind, model_name, version)
+        if found is not None:
+            return found
+        tags = _monitor_tags(kind, model_name, version)
         run_name = f"{kind}-{model_name}" + (f"-v{version}" if version is not None else "")
-        return client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        client = self.activate()
+        return client.create_run(self.experiment_id(), run_name=run_name, tags=tags).info.run_id
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         base = self.link_base
@@ -126,3 +134,13 @@ class MlflowTracking(DriftloopBlock):
         base = self.link_base
         name = self.registered_model_name
         return f"{base}/#/models/{name}/versions/{version}" if base else None
+
+
+def _monitor_tags(kind: str, model_name: str, version: str | None) -> dict[str, str]:
+    """The tags that identify a monitoring run."""
+    from driftloop.core import names
+
+    tags = {names.TAG_MONITOR: kind, names.TAG_MODEL_NAME: model_name}
+    if version is not None:
+        tags[names.TAG_DRIFT_CHAMPION_VERSION] = version
+    return tags

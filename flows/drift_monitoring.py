@@ -1,7 +1,8 @@
 """Drift monitoring: the champion's training reference against the latest production features.
 
 find champion -> load its reference (the newest span of what it was fit on)
-  -> resolve its features -> get the feature window (Feast offline store)
+  -> resolve its features -> get the feature window (Feast offline store, or what the serving
+     application served: its prediction log)
   -> measure drift (Evidently) -> measure prediction drift (the champion's scores)
   -> log the report to MLflow -> add the check to the version's drift series
   -> publish the drift table and trend
@@ -20,14 +21,17 @@ from blocks.drift import DriftPolicy
 from blocks.dvc import DvcDataset
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
+from blocks.serving import ServingConfig
 from driftloop.core import names
 from driftloop.core.contracts import DriftResult
 from driftloop.core.params import DriftWindow
+from driftloop.core.settings import get_settings
 from driftloop.core.timewindows import newest_span
 from tasks.announce_drift import announce_drift
 from tasks.check_new_labels import check_new_labels
 from tasks.get_champion import get_required_champion
 from tasks.get_feature_window import get_feature_window
+from tasks.get_served_window import get_served_window
 from tasks.load_champion_reference import (
     champion_features,
     load_champion_reference,
@@ -48,6 +52,7 @@ def monitor_drift(
     feast_block: str = names.DEFAULT_BLOCK,
     mlflow_block: str = names.DEFAULT_BLOCK,
     dataset_block: str = names.DEFAULT_BLOCK,
+    serving_block: str = names.DEFAULT_BLOCK,
 ) -> DriftResult:
     """Check the champion's features for drift over a window of production data and emit
     `driftloop.drift.detected` or `driftloop.drift.checked`.
@@ -64,6 +69,8 @@ def monitor_drift(
         feast_block: Name of the `driftloop-feast` block.
         mlflow_block: Name of the `driftloop-mlflow` block (model, and where reports go).
         dataset_block: Name of the `driftloop-dvc-dataset` block with the labeled data.
+        serving_block: Name of the `driftloop-serving` block, whose prediction log is the
+            window when `window.source` is `served`.
     """
     policy = DriftPolicy.load_named(drift_block)
     feast_cfg = FeastFeatureStore.load_named(feast_block)
@@ -76,7 +83,13 @@ def monitor_drift(
         dataset_cfg.table_schema().timestamp_column, window.days, policy.min_rows,
     )  # fmt: skip
     features = resolve_features(feast_cfg, champion_features(champion, mlflow_cfg))
-    current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)
+    if window.source == "served":
+        log_dir = ServingConfig.load_named(serving_block).log_dir(get_settings().served_dir)
+        current, start, end = get_served_window(
+            log_dir, champion.name, features, window, policy.min_rows
+        )
+    else:
+        current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)
     with tempfile.TemporaryDirectory(prefix="driftloop-drift-") as tmp:
         result, report = measure_drift(
             reference, current, features, policy, champion,

@@ -107,6 +107,7 @@ def make_env(root: Path, profile: str = "embedded") -> dict[str, str]:
             "DRIFTLOOP_MLFLOW_PORT": str(free_port()),
             "DRIFTLOOP_NOTIFY_PORT": str(free_port()),
             "DRIFTLOOP_RAY_PORT": str(free_port()),
+            "DRIFTLOOP_SERVING_PORT": str(free_port()),
             "DRIFTLOOP_PROFILE": profile,
             "DRIFTLOOP_POSTGRES_PORT": str(free_port()),
             "DRIFTLOOP_REDIS_PORT": str(free_port()),

@@ -20,7 +20,14 @@ from prefect.testing.standard_test_suites.blocks import HAS_PIL
 from pydantic import ValidationError
 
 import blocks
-from blocks import DriftPolicy, DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
+from blocks import (
+    DriftPolicy,
+    DvcDataset,
+    FeastFeatureStore,
+    MlflowTracking,
+    RayCluster,
+    ServingConfig,
+)
 from blocks._base import DriftloopBlock
 from driftloop.app import demo as demo_names
 from driftloop.core.errors import BlockConfigurationError
@@ -32,6 +39,7 @@ BLOCK_TYPES: tuple[type[DriftloopBlock], ...] = (
     FeastFeatureStore,
     MlflowTracking,
     RayCluster,
+    ServingConfig,
 )
 
 # Fetching a logo should fail fast offline rather than hang on a black-holed connection.

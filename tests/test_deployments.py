@@ -314,6 +314,8 @@ def test_prefect_yaml_validates_as_prefect_deploy_reads_it():
         "train-churn-model",
         "detect-churn-data",
         "monitor-churn-drift",
+        "monitor-churn-served-drift",
+        "swap-churn-serving",
         "materialize-churn-features",
         "score-churn-batch",
     ]
@@ -333,9 +335,15 @@ def test_schedules_triggers_and_limits_are_declared():
         "train-churn-model": ["0 2 * * *"],
         "detect-churn-data": ["*/5 * * * *"],
         "monitor-churn-drift": ["0 * * * *"],
+        "monitor-churn-served-drift": ["30 * * * *"],
+        "swap-churn-serving": [],
         "materialize-churn-features": ["*/15 * * * *"],
         "score-churn-batch": [],
     }
+    # Served drift needs traffic: its schedule is there, off until a user switches it on.
+    (served,) = by_name["monitor-churn-served-drift"]["schedules"]
+    assert served["active"] is False
+    assert by_name["monitor-churn-served-drift"]["parameters"]["window"]["source"] == "served"
     training = by_name["train-churn-model"]
     # One training at a time, and no run dropped: they queue (latest wins when they start).
     assert training["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
@@ -350,6 +358,10 @@ def test_schedules_triggers_and_limits_are_declared():
     # A new champion's drift is checked at once: that check is where the loop settles.
     (check,) = by_name["monitor-churn-drift"]["triggers"]
     assert check["expect"] == [names.EVENT_MODEL_PROMOTED]
+    # ... and the serving application swaps to it.
+    (swap,) = by_name["swap-churn-serving"]["triggers"]
+    assert swap["expect"] == [names.EVENT_MODEL_PROMOTED]
+    assert by_name["swap-churn-serving"]["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
 
 
 def test_trigger_templates_render_to_valid_flow_parameters():

@@ -7,7 +7,14 @@ import contextlib
 from collections.abc import Callable
 from uuid import UUID
 
-from blocks import DriftPolicy, DvcDataset, FeastFeatureStore, MlflowTracking, RayCluster
+from blocks import (
+    DriftPolicy,
+    DvcDataset,
+    FeastFeatureStore,
+    MlflowTracking,
+    RayCluster,
+    ServingConfig,
+)
 from blocks._base import DriftloopBlock
 from driftloop.app import demo
 from driftloop.core import names
@@ -19,6 +26,7 @@ BLOCK_TYPES: tuple[type[DriftloopBlock], ...] = (
     DvcDataset,
     RayCluster,
     DriftPolicy,
+    ServingConfig,
 )
 
 
@@ -45,6 +53,8 @@ def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock],
         RayCluster: RayCluster(),
         # Evidently's automatic test choice; drift when 30% of the features drifted.
         DriftPolicy: DriftPolicy(),
+        # The champion online on the stack's Ray, at http://127.0.0.1:<serving_port>.
+        ServingConfig: ServingConfig(enabled=settings.serving, port=settings.serving_port),
     }
 
 

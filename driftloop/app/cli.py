@@ -128,13 +128,13 @@ def _stack_command(args: argparse.Namespace, settings: DriftloopSettings) -> int
         # ignored (a background job), which its children inherit.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            first_training = stack.prepare(settings, with_demo=not args.no_demo)
+            prepared = stack.prepare(settings, with_demo=not args.no_demo)
         except stack.StartupError as exc:  # a reason for the user, not a traceback
             print(f"  {exc}")
             return 1
         except KeyboardInterrupt:  # `up` is stopping and says so
             return 130
-        args.for_up.write_text(f"{first_training or ''}\n")
+        args.for_up.write_text(prepared.to_json())
         return 0
     return _set_up(settings, with_demo=not args.no_demo)
 

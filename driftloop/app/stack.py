@@ -19,6 +19,7 @@ On SIGINT/SIGTERM the worker stops first, the runs it had in flight are recorded
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import cast
 from uuid import UUID
@@ -58,9 +60,34 @@ HEARTBEAT_S = 30
 SWEEP_S = 30.0
 # The component that runs the Ray head the flow runs attach to.
 RAY_HEAD = "ray-head"
-# Where `driftloop setup --for-up` (`up`'s set-up, in a child process) writes the id of the
-# first training it started, under the run folder; empty when it started none.
+# Where `driftloop setup --for-up` (`up`'s set-up, in a child process) writes what `up` needs
+# next (`Prepared`, as JSON), under the run folder.
 PREPARE_RESULT_FILE = "prepare.result"
+# The component that runs the serving application (driftloop.app.serving.run).
+SERVING = "serving"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `up`'s set-up child hands back: the first training it started (if any), and where
+    the serving application will answer, if the `driftloop-serving` block enables it."""
+
+    first_training: UUID | None
+    serving_url: str | None
+    serving_port: int | None
+    # Demo customers the online store will know: `up` prints a first request with them.
+    example_ids: list[int]
+
+    def to_json(self) -> str:
+        first = str(self.first_training) if self.first_training else None
+        return json.dumps({**asdict(self), "first_training": first})
+
+    @classmethod
+    def from_json(cls, text: str) -> Prepared:
+        data = json.loads(text)
+        first = data.get("first_training")
+        return cls(UUID(first) if first else None, data.get("serving_url"),
+                   data.get("serving_port"), data.get("example_ids") or [])  # fmt: skip
 
 
 def stack_env(settings: DriftloopSettings) -> dict[str, str]:
@@ -310,6 +337,41 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
     return components
 
 
+def serving_banner(prepared: Prepared) -> str:
+    """The lines of `up`'s banner about the serving application: where, and a first request."""
+    if not prepared.serving_url:
+        return ""
+    url = f"{prepared.serving_url}/predict"
+    banner = f"  Serving     {url} (answers once a champion is promoted)\n"
+    if prepared.example_ids:
+        from driftloop.app.demo import DEMO_ENTITY
+
+        body = json.dumps({DEMO_ENTITY: prepared.example_ids})
+        banner += f"              curl -s {url} -d '{body}'\n"
+    return banner
+
+
+def serving_component(
+    settings: DriftloopSettings, components: dict[str, Component], prepared: Prepared
+) -> Component:
+    """`driftloop serve` on the stack's Ray (the worker's RAY_ADDRESS: the head, or the
+    cluster the caller named). Started after the worker, so the blocks exist and the Ray head
+    serves; stopped first. Healthy once the application's `/health` answers, which needs a
+    replica that has imported the model libraries: it gets a longer start-up allowance."""
+    assert prepared.serving_url is not None
+    worker = components["prefect-worker"]
+    return Component(
+        name=SERVING,
+        argv=[sys.executable, "-m", "driftloop.app.serving.run"],
+        env={k: v for k, v in worker.env.items() if k != "PREFECT_WORKER_QUERY_SECONDS"},
+        log_file=settings.logs_dir / f"{SERVING}.log",
+        health_url=f"{prepared.serving_url}/health",
+        port=prepared.serving_port,
+        cwd=PROJECT_ROOT,
+        startup_timeout_s=settings.startup_timeout_s * 2,
+    )
+
+
 def deploy_all(settings: DriftloopSettings, env: dict[str, str]) -> None:
     """`prefect deploy --all` from the checkout: the same prefect.yaml a user deploys."""
     log_file = settings.logs_dir / "deploy.log"
@@ -531,7 +593,7 @@ def set_up(
     bootstrap.ensure_notification_automations(block_id, settings.renotify_minutes)
     before_demo()
     if with_demo:
-        from driftloop.app.demo.setup import prepare_demo
+        from driftloop.app.demo.setup import materialize_online, prepare_demo
 
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         with narration_to(settings.logs_dir / "demo-setup.log"):
@@ -542,6 +604,8 @@ def set_up(
                 f"{revisions[-1].rows} rows at {revisions[-1].tag}"
             )
             _claim_initial_revision(revisions[-1])
+            with narration_to(settings.logs_dir / "demo-setup.log"):
+                materialize_online(settings)
     deploy_all(settings, env)
     log("  deployed prefect.yaml")
 
@@ -577,10 +641,10 @@ def start_first_training() -> UUID | None:
     return flow_run.id
 
 
-def prepare(settings: DriftloopSettings, *, with_demo: bool, log: Log = print) -> UUID | None:
+def prepare(settings: DriftloopSettings, *, with_demo: bool, log: Log = print) -> Prepared:
     """`up`'s set-up of its own server: `set_up`, with the runs a previous stop or crash left
     in flight ended and resumed before the demo data, then the demo's first training.
-    Returns the first training's run id, if one was started.
+    Returns the first training's run id, if one was started, and the serving block's address.
 
     `up` runs it in a child process (`driftloop setup --for-up`), started with the servers
     and ended before the worker starts. The set-up imports MLflow, Feast, DVC and pandas:
@@ -600,7 +664,16 @@ def prepare(settings: DriftloopSettings, *, with_demo: bool, log: Log = print) -
         log=log,
         before_demo=lambda: _recover(janitor, log),
     )
-    return start_first_training() if with_demo else None
+    from blocks.serving import ServingConfig
+    from driftloop.app.demo.setup import example_entities
+
+    serving = ServingConfig.load_named(names.DEFAULT_BLOCK)
+    return Prepared(
+        first_training=start_first_training() if with_demo else None,
+        serving_url=serving.base_url if serving.enabled else None,
+        serving_port=serving.port if serving.enabled else None,
+        example_ids=example_entities(settings.feature_repo_dir) if with_demo else [],
+    )
 
 
 def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print) -> int:
@@ -667,7 +740,8 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             return 130
         if code != 0 or not prepare_result.exists():
             raise StartupError(f"the set-up failed (exit code {code}); its output is above")
-        first_training = UUID(text) if (text := prepare_result.read_text().strip()) else None
+        prepared = Prepared.from_json(prepare_result.read_text())
+        first_training = prepared.first_training
         if head is not None:
             # Flow runs attach to the head; none may start before it serves.
             took = supervisor.wait_healthy(head, settings.startup_timeout_s)
@@ -676,6 +750,11 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
                 return 130
         supervisor.start(components["prefect-worker"])
         supervisor.wait_healthy(components["prefect-worker"], 5)
+        if prepared.serving_url:
+            # Not waited for: its replica imports the model libraries while the first
+            # training runs, and the supervisor says when it is healthy.
+            components[SERVING] = serving_component(settings, components, prepared)
+            supervisor.start(components[SERVING])
 
         watch = (
             _TrainingWatch(first_training, settings.prefect_ui_url, log) if first_training else None
@@ -685,6 +764,7 @@ def up(settings: DriftloopSettings, *, with_demo: bool = True, log: Log = print)
             f"\ndriftloop is up in {time.monotonic() - started:.0f}s\n"
             f"  Prefect UI  {settings.prefect_ui_url}\n"
             f"  MLflow UI   {settings.mlflow_url}\n"
+            + serving_banner(prepared)
             + (
                 f"  Training    {settings.prefect_ui_url}/runs/flow-run/{watch.flow_run_id}\n"
                 if watch

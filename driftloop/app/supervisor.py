@@ -570,6 +570,8 @@ class Supervisor:
             component.status = Status.RUNNING
             if component.restarts:
                 self.log(f"{component.name} is healthy again")
+            else:  # started without waiting for it (`start` then `watch`)
+                self.log(f"  {component.name} healthy after {now - component.started_at:.1f}s")
         elif now - component.started_at > component.startup_timeout_s:
             self._exited(
                 component,

@@ -320,3 +320,18 @@ class RevisionCoverage(_Value):
     again: bool = Field(
         default=False, description="It was announced before, but no training followed."
     )
+
+
+class ServingSwap(_Value):
+    """What the serving application serves after a swap was asked of it."""
+
+    model_name: str
+    champion_version: str = Field(description="The version the registry's champion alias names.")
+    served_version: str | None = Field(description="The version the application answers with.")
+    shadow_version: str | None = Field(
+        default=None, description="The challenger scoring in shadow, if any."
+    )
+    url: str = Field(description="Where the application answers.")
+    skipped: str | None = Field(
+        default=None, description="Why nothing was asked (serving switched off in its block)."
+    )

@@ -180,6 +180,15 @@ class DriftWindow(_Params):
     max_rows: int = Field(
         default=20_000, ge=100, le=5_000_000, description="Newest rows of the window to test."
     )
+    source: Literal["feature-store", "served"] = Field(
+        default="feature-store",
+        description=(
+            "Where the window's production features come from: `feature-store`, the Feast "
+            "offline store (as of each entity row in the window), or `served`, the serving "
+            "application's prediction log (the features the champion was really given; the "
+            "window ends now unless `end` is set)."
+        ),
+    )
 
 
 class ScoringBatch(_Params):

@@ -141,6 +141,19 @@ class DriftloopSettings(BaseSettings):
             f"{RAY_WORKER_PORTS[0]}-{RAY_WORKER_PORTS[1]}: Ray keeps those for its workers."
         ),
     )
+    serving: bool = Field(
+        default=True,
+        description=(
+            "Whether `driftloop up` runs the serving application of the champion (Ray Serve, "
+            "on the stack's Ray). Its port and limits are in the `driftloop-serving` block."
+        ),
+    )
+    serving_port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="Port the default `driftloop-serving` block gets (`driftloop setup`).",
+    )
     notify_block: str | None = Field(
         default=None,
         description=(
@@ -239,6 +252,11 @@ class DriftloopSettings(BaseSettings):
     @cached_property
     def predictions_dir(self) -> Path:
         return self.home / "predictions"
+
+    @cached_property
+    def served_dir(self) -> Path:
+        """The serving application's prediction log (unless its block names another folder)."""
+        return self.home / "served"
 
     @cached_property
     def logs_dir(self) -> Path:

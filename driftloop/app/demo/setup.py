@@ -104,6 +104,31 @@ def append_features(repo_path: Path, batch: ChurnBatch) -> None:
         tmp.replace(path)
 
 
+def materialize_online(settings: DriftloopSettings) -> None:
+    """Fill the demo's online store from its feature rows (Feast `materialize_incremental`),
+    so that the serving application answers for the demo's customers from the start; the
+    `materialize-churn-features` deployment keeps it fresh afterwards."""
+    from feast import FeatureStore
+
+    repo = Path(settings.feature_repo_dir).resolve()
+    store = FeatureStore(repo_path=str(repo), fs_yaml_file=repo / settings.feast_config_file)
+    store.materialize_incremental(end_date=datetime.now(UTC))
+
+
+def example_entities(repo_path: Path, count: int = 2) -> list[int]:
+    """Customers of the demo's newest feature rows: ids a first request to the serving
+    application can use (`up` prints a curl command with them)."""
+    from feast import FeatureStore
+
+    from driftloop.app.demo import DEMO_ENTITY
+
+    path = _source_path(FeatureStore(repo_path=str(Path(repo_path).resolve())), ACTIVITY_VIEW)
+    if not path.exists():
+        return []
+    newest = pd.read_parquet(path, columns=[DEMO_ENTITY]).tail(count)
+    return [int(i) for i in newest[DEMO_ENTITY]]
+
+
 def _append_labels(registry: DataRegistry, batch: ChurnBatch) -> pd.DataFrame:
     """The registry's table with the batch's labeled rows added (once: the working copy may
     hold them already if an earlier attempt stopped before its commit)."""

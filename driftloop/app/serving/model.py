@@ -1,0 +1,150 @@
+"""The model a replica serves: the version an alias points to, loaded with everything needed
+to answer a request for it (its feature columns from the Feast registry, the entity keys of
+its feature views, its signature checked against them).
+
+Example:
+    >>> served = load_alias(tracking, feast, store, "champion")  # doctest: +SKIP
+    >>> served.version, served.keys  # doctest: +SKIP
+    ('3', (EntityKey(name='customer_id', type='int'),))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blocks.feast import FeastFeatureStore
+from blocks.mlflow import MlflowTracking
+from driftloop.core.contracts import FeatureColumn, ModelVersionRef, ResolvedFeatures
+from driftloop.core.errors import FeatureRetrievalError
+from driftloop.core.modeling import feature_matrix, positive_proba
+from driftloop.core.serving import EntityKey, InputColumn, input_columns
+from tasks.load_champion_model import check_signature
+from tasks.load_champion_reference import champion_features
+from tasks.registry import alias_version
+from tasks.resolve_features import read_feature_definitions
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from feast import FeatureStore
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One registry version, ready to score: immutable, so a request that picked it up keeps
+    it for its whole life even if a swap replaces it meanwhile."""
+
+    name: str
+    version: str
+    alias: str
+    pyfunc: Any
+    columns: tuple[FeatureColumn, ...]
+    keys: tuple[EntityKey, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def refs(self) -> list[str]:
+        return [c.ref for c in self.columns]
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def inputs(self) -> tuple[InputColumn, ...]:
+        return input_columns(self.columns)
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Positive-class probabilities, through the same `feature_matrix` as training."""
+        return positive_proba(self.pyfunc.predict(feature_matrix(frame, self.columns)))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "version": self.version,
+            "alias": self.alias,
+            "features": self.refs,
+            "entity_keys": [k.name for k in self.keys],
+            "loaded_at": self.loaded_at,
+        }
+
+
+def entity_keys(store: FeatureStore, refs: list[str]) -> tuple[EntityKey, ...]:
+    """The join keys of the feature views the refs name, with their id types (Feast's)."""
+    keys: dict[str, EntityKey] = {}
+    for view_name in dict.fromkeys(ref.split(":")[0] for ref in refs):
+        view = store.get_feature_view(view_name)
+        for column in view.entity_columns:
+            type_name = getattr(column.dtype, "name", str(column.dtype)).upper()
+            if type_name.startswith("INT"):
+                keys[column.name] = EntityKey(column.name, "int")
+            elif type_name == "STRING":
+                keys[column.name] = EntityKey(column.name, "str")
+            else:
+                raise FeatureRetrievalError(
+                    f"Entity key {column.name!r} of feature view {view_name!r} has Feast type "
+                    f"{column.dtype}; driftloop serves integer and string ids"
+                )
+    return tuple(keys.values())
+
+
+def load_alias(
+    tracking: MlflowTracking, feast: FeastFeatureStore, store: FeatureStore, alias: str,
+    current: ServedModel | None = None,
+) -> ServedModel | None:  # fmt: skip
+    """The version `alias` points to, loaded; `current` itself if it is that version already;
+    None if the alias does not exist (no champion yet, no challenger).
+
+    Raises what goes wrong (an unreachable registry, features missing from Feast, a signature
+    that does not match the features): the caller keeps serving what it has.
+    """
+    import mlflow
+
+    client = tracking.activate()
+    name = tracking.registered_model_name
+    version = alias_version(client, name, alias)
+    if version is None:
+        return None
+    if current is not None and current.name == name and current.version == version:
+        return current
+    ref = ModelVersionRef(name=name, version=version, run_id=client.get_model_version(
+        name, version).run_id)  # fmt: skip
+    # The tasks' own functions (`.fn`: no task run), so the rules stay written once.
+    selection = champion_features.fn(ref, tracking)
+    definitions = read_feature_definitions.fn(feast, selection)
+    resolved = ResolvedFeatures(
+        project=definitions.project,
+        feature_service=definitions.feature_service,
+        columns=definitions.columns,
+        fingerprint=definitions.definitions_fingerprint,
+    )
+    pyfunc = mlflow.pyfunc.load_model(ref.uri)
+    check_signature(pyfunc, ref, resolved)
+    served = ServedModel(
+        name=name,
+        version=version,
+        alias=alias,
+        pyfunc=pyfunc,
+        columns=definitions.columns,
+        keys=entity_keys(store, resolved.refs),
+    )
+    _warm_up(served)
+    return served
+
+
+def _warm_up(served: ServedModel) -> None:
+    """Score one row with every feature missing, so that the first request does not pay for
+    lazy initialisation, and a model that cannot impute is refused before it is swapped in."""
+    import pandas as pd
+
+    served.score(pd.DataFrame({name: [None] for name in served.feature_names}))
+
+
+def online_values(
+    store: FeatureStore, refs: list[str], ids: dict[str, list[Any]]
+) -> dict[str, list[Any]]:
+    """The online store's values of `refs` for the entities, column by column, in order."""
+    rows = [dict(zip(ids, values, strict=True)) for values in zip(*ids.values(), strict=True)]
+    return store.get_online_features(features=refs, entity_rows=rows).to_dict()
