@@ -11,7 +11,17 @@ from pathlib import Path
 
 from deployments.notifications import NOTICES
 from driftloop.core import names
-from tests.stack import FINAL, SCORING, TRAINING, Stack, by_automation, processes_of, reason_of
+from tests.stack import (
+    FINAL,
+    SCORING,
+    SWAP,
+    TRAINING,
+    ServingProbe,
+    Stack,
+    by_automation,
+    processes_of,
+    reason_of,
+)
 
 
 def wait_for_trials(stack: Stack, run_id: str, done: int, timeout: float = 300) -> None:
@@ -75,6 +85,26 @@ def new_data_closes_the_loop_while_components_die(stack: Stack, dying: tuple[str
     assert scoring["state_type"] == "COMPLETED", scoring["state"]
     assert list((home / "predictions" / "churn-model" / "v1").glob("*.parquet"))
 
+    # The champion is served: the first request `up` printed gets its predictions.
+    (curl,) = [line for line in up.lines if "curl -s" in line]
+    body = curl.split(" -d ", 1)[1].strip().strip("'")
+    with ServingProbe(stack.serving_url, body) as probe:
+        probe.wait_for_version("1", timeout=240)
+        _closes_the_loop(stack, dying, scoring, probe)
+    # Served throughout, by v1 and then v2, with not one failed request: while components
+    # died, during the training, and during the swap.
+    assert not probe.failed(), probe.failed()[:5]
+    assert [v for _, v in probe.answers][-1] == "2"
+    assert {v for _, v in probe.answers} == {"1", "2"}
+    swap = stack.wait_for_run(SWAP, by_automation, timeout=120)
+    assert swap["state_type"] == "COMPLETED", swap["state"]
+
+
+def _closes_the_loop(stack: Stack, dying: tuple[str, ...], scoring: dict, probe) -> None:
+    """New data, a training while `dying` components are killed, a promotion; the serving
+    application swaps to the new champion."""
+    home, client = stack.home, stack.mlflow()
+
     # 2. A drifted batch is pushed, as `make drift` does; its post-push hook emits the event.
     commit = stack.add_batch("--drift")
 
@@ -103,9 +133,10 @@ def new_data_closes_the_loop_while_components_die(stack: Stack, dying: tuple[str
     assert champion.tags["driftloop.trigger.reason"] == "driftloop.dataset.updated"
     assert champion.tags["driftloop.dvc.commit"] == commit
 
-    # ... and its promotion starts scoring with version 2.
+    # ... and its promotion starts scoring with version 2, and swaps the served model.
     stack.wait_for_run(SCORING, lambda r: by_automation(r) and r["id"] != scoring["id"], 240)
     assert list((home / "predictions" / "churn-model" / "v2").glob("*.parquet"))
+    probe.wait_for_version("2", timeout=120)
     assert stack.up.process.poll() is None  # the service stayed up throughout
 
 

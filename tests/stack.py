@@ -25,6 +25,7 @@ API_TIMEOUT_S = 120
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 TRAINING = "train-churn-model"
 SCORING = "score-churn-batch"
+SWAP = "swap-churn-serving"
 
 
 def processes_of(home: Path) -> list[str]:
@@ -141,6 +142,7 @@ class Stack:
         self.home = Path(self.env["DRIFTLOOP_HOME"])
         self.prefect_url = f"http://127.0.0.1:{self.env['DRIFTLOOP_PREFECT_PORT']}"
         self.mlflow_url = f"http://127.0.0.1:{self.env['DRIFTLOOP_MLFLOW_PORT']}"
+        self.serving_url = f"http://127.0.0.1:{self.env['DRIFTLOOP_SERVING_PORT']}"
         self.up = Up(self.env)
 
     def restart(self) -> Up:
@@ -307,3 +309,46 @@ def by_automation(run: dict) -> bool:
 
 def reason_of(run: dict) -> str | None:
     return (run["parameters"].get("trigger") or {}).get("reason")
+
+
+class ServingProbe:
+    """Requests to the serving application, paced (a user's traffic, not a load test that
+    would starve the trainings of CPU), from a thread; every answer is kept: status, version,
+    or the exception."""
+
+    def __init__(self, url: str, body: str, every_s: float = 0.2):
+        self.url = url
+        self.body = body
+        self.every_s = every_s
+        self.answers: list[tuple[int, str | None]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=30) as http:
+            while not self._stop.wait(self.every_s):
+                try:
+                    response = http.post(f"{self.url}/predict", content=self.body)
+                    self.answers.append((response.status_code, response.json().get("version")))
+                except Exception as exc:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> ServingProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def wait_for_version(self, version: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.answers or self.answers[-1][1] != version:
+            assert time.monotonic() < deadline, (self.answers[-5:], self.errors[-5:])
+            time.sleep(0.5)
+
+    def failed(self) -> list[object]:
+        return [a for a in self.answers if a[0] != 200] + list(self.errors)

@@ -357,13 +357,71 @@ def test_a_version_that_cannot_be_served_is_not_swapped_in(served):
     client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "1")
 
 
+def test_drift_monitoring_reads_what_was_served(served):
+    """The prediction log as the drift monitor's window (`window.source = served`): the
+    features the champion was really given, against its training reference."""
+    from blocks import DriftPolicy
+    from driftloop.core.params import DriftWindow
+    from flows.drift_monitoring import monitor_drift
+
+    # Traffic over many customers, so the window is a sample of production, not one entity.
+    ids = served.online_entities(600)
+    sent = set()
+    for start in range(0, len(ids), 50):
+        response = served.predict({ENTITY: ids[start : start + 50]})
+        assert response.status_code == 200
+        sent.add(response.json()["request_id"])
+    deadline = time.monotonic() + 30
+    while not sent <= set(served.log_rows()[plog.COL_REQUEST_ID]):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    policy = unique("drift")
+    DriftPolicy(min_rows=200).save(policy)
+    state = monitor_drift(
+        window=DriftWindow(days=1, source="served"), drift_block=policy,
+        feast_block=served.demo.feast_block, mlflow_block=served.mlflow.block_name,
+        dataset_block=served.demo.dataset_block, serving_block=served.block, return_state=True,
+    )  # fmt: skip
+    assert state.is_completed(), state.message
+    result = state.result()
+    champion_rows = served.log_rows()
+    champion_rows = champion_rows[champion_rows[plog.COL_ROLE] == plog.ROLE_CHAMPION]
+    assert result.current_rows == len(champion_rows)
+    assert result.prediction is not None
+
+
+def test_served_drift_without_traffic_says_so(served, tmp_path):
+    from blocks import DriftPolicy, ServingConfig
+    from driftloop.core.errors import NotEnoughDataError
+    from driftloop.core.params import DriftWindow
+    from flows.drift_monitoring import monitor_drift
+
+    empty = unique("serving")
+    ServingConfig(prediction_log_dir=str(tmp_path / "nothing-served")).save(empty)
+    policy = unique("drift")
+    DriftPolicy(min_rows=200).save(policy)
+    state = monitor_drift(
+        window=DriftWindow(days=1, source="served"), drift_block=policy,
+        feast_block=served.demo.feast_block, mlflow_block=served.mlflow.block_name,
+        dataset_block=served.demo.dataset_block, serving_block=empty, return_state=True,
+    )  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(NotEnoughDataError, match=r"nothing-served/.+ holds 0 rows served"):
+        state.result()
+
+
 def test_stopping_writes_the_last_batch_and_leaves_no_replica(served):
     from driftloop.app.supervisor import session_members
 
     request_id = served.predict({ENTITY: served.online_entities(7)}).json()["request_id"]
     assert served.stop() == 0
     rows = served.log_rows()
-    assert (rows[plog.COL_REQUEST_ID] == request_id).sum() == 7
+    mine = rows[rows[plog.COL_REQUEST_ID] == request_id]
+    # The champion's rows and the shadow challenger's, none lost.
+    assert mine[plog.COL_ROLE].value_counts().to_dict() == {
+        plog.ROLE_CHAMPION: 7,
+        plog.ROLE_SHADOW: 7,
+    }
     with pytest.raises(httpx.HTTPError):
         served.http.get("/health", timeout=5)
     # The application was deleted and, with no other one left, Serve itself shut down: no
