@@ -31,7 +31,7 @@ IMAGE = "driftloop:latest"
 STATE_MOUNT = "driftloop-state:/app/.driftloop"
 # Services that run a stock image and need nothing else to start.
 STOCK_SERVICES = {"postgres", "redis"}
-PROJECT_SERVICES = {"prefect-server", "mlflow", "ray-head", "setup", "worker"}
+PROJECT_SERVICES = {"prefect-server", "mlflow", "ray-head", "setup", "worker", "serving"}
 ONE_SHOT = {"setup"}
 NO_DEPENDENCIES = STOCK_SERVICES | {"ray-head"}
 # A ${VARIABLE} reference, optionally with a default or a required-value error.

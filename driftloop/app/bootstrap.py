@@ -54,7 +54,12 @@ def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock],
         # Evidently's automatic test choice; drift when 30% of the features drifted.
         DriftPolicy: DriftPolicy(),
         # The champion online on the stack's Ray, at http://127.0.0.1:<serving_port>.
-        ServingConfig: ServingConfig(enabled=settings.serving, port=settings.serving_port),
+        ServingConfig: ServingConfig(
+            enabled=settings.serving,
+            host=settings.serving_host,
+            port=settings.serving_port,
+            url=settings.serving_url,
+        ),
     }
 
 

@@ -166,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.add_argument("--pool", default=names.WORK_POOL, help="work pool to serve")
     worker.add_argument("--name", default=None, help="worker name")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the champion online on Ray Serve, on the Ray that RAY_ADDRESS or the "
+        "driftloop-ray block names (`make up` runs it as its `serving` component)",
+    )
+    serve.add_argument("--block", default=names.DEFAULT_BLOCK, help="the driftloop-serving block")
     commands.add_parser(
         "automations",
         help="create or update the notification block and automations on the Prefect server "
@@ -221,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         from driftloop.app.worker import main as run_worker
 
         return run_worker(["--pool", args.pool] + (["--name", args.name] if args.name else []))
+    if args.command == "serve":
+        from driftloop.app.serving.run import main as run_serving
+
+        return run_serving(["--block", args.block])
     if args.command == "automations":
         return _apply_automations(settings)
     if args.command == "add-batch":

@@ -154,6 +154,20 @@ class DriftloopSettings(BaseSettings):
         le=65535,
         description="Port the default `driftloop-serving` block gets (`driftloop setup`).",
     )
+    serving_host: str = Field(
+        default="127.0.0.1",
+        description=(
+            "Interface the default `driftloop-serving` block binds (compose: 0.0.0.0, so that "
+            "other containers reach Serve's proxy on the Ray head)."
+        ),
+    )
+    serving_url: str | None = Field(
+        default=None,
+        description=(
+            "The `url` of the default `driftloop-serving` block (compose: "
+            "`http://ray-head:8000`). Unset: http://<serving_host>:<serving_port>."
+        ),
+    )
     notify_block: str | None = Field(
         default=None,
         description=(
