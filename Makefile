@@ -32,7 +32,7 @@ export UV_SYSTEM_CERTS := 1
 # `python -m prefect.engine`, which a stock process worker runs from the PATH).
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install server-deps up up-server down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events bench-storm deploy worker feast clean distclean
+.PHONY: help install server-deps up up-server down test test-fast typecheck pytest lint format batch drift bench bench-ray bench-events bench-storm bench-serving deploy worker feast clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -114,6 +114,9 @@ bench-events: install ## event latency: emit -> flow run created / Running / fir
 
 bench-storm: install server-deps ## event storm and idle memory: embedded (SQLite) vs server profile (PostgreSQL, Redis)
 	$(BIN)/python bench/storm_bench.py $(ARGS)
+
+bench-serving: install ## serving: p50/p99/throughput through HTTP vs mlflow models serve; failed requests during a hot swap
+	$(BIN)/python bench/serving_bench.py $(ARGS)
 
 deploy: install ## deploy prefect.yaml and the notification automations to PREFECT_API_URL
 	$(BIN)/prefect --no-prompt deploy --all
