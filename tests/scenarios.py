@@ -92,8 +92,16 @@ def new_data_closes_the_loop_while_components_die(stack: Stack, dying: tuple[str
         probe.wait_for_version("1", timeout=240)
         _closes_the_loop(stack, dying, scoring, probe)
     # Served throughout, by v1 and then v2, with not one failed request: while components
-    # died, during the training, and during the swap.
-    assert not probe.failed(), probe.failed()[:5]
+    # died, during the training, and during the swap. The one exception is the online store
+    # itself: while a killed Redis restarts, by-entity requests get 503 ("the online store did
+    # not answer"), and nothing else; it keeps what was materialized (its append-only log).
+    failed = probe.failed()
+    if "redis" in dying:
+        assert all(a in ((503, "1"), (503, "2")) for a in failed), failed[:5]
+        assert len(failed) <= 5 * 30, f"{len(failed)} requests failed: more than 30 s of outage"
+    else:
+        assert not failed, failed[:5]
+    assert probe.answers[-1][0] == 200, probe.answers[-5:]
     assert [v for _, v in probe.answers][-1] == "2"
     assert {v for _, v in probe.answers} == {"1", "2"}
     swap = stack.wait_for_run(SWAP, by_automation, timeout=120)

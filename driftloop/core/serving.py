@@ -53,6 +53,17 @@ class ServingRequestError(DriftloopInputError):
         self.kind = kind
 
 
+class ServingUnavailable(Exception):
+    """A component the answer needs did not respond (the online store): 503, retry later.
+    Not the caller's fault, and not a bug."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(f"503: {message}")
+        self.status = 503
+        self.message = message
+        self.kind = kind
+
+
 @dataclass(frozen=True)
 class ServingLimits:
     """Bounds on one request: its body in bytes, and its rows."""

@@ -45,6 +45,7 @@ from driftloop.core.serving import (
     EntityRequest,
     FeatureRequest,
     ServingRequestError,
+    ServingUnavailable,
     missing_per_row,
     parse_request,
     unknown_entities,
@@ -230,7 +231,7 @@ class ChampionServer:
                 mode = "features"
                 frame, ids, imputed = self._by_features(champion, parsed)
             scores = champion.score(frame)
-        except ServingRequestError as exc:
+        except (ServingRequestError, ServingUnavailable) as exc:
             self.metrics.errors.labels(self.model_name, replica, exc.kind).inc()
             self.metrics.requests.labels(
                 self.model_name, replica, champion.version, mode, str(exc.status)
@@ -239,7 +240,7 @@ class ChampionServer:
                 {"error": exc.message, "model": champion.name, "version": champion.version},
                 status_code=exc.status, headers=headers,
             )  # fmt: skip
-        except Exception as exc:  # a bug or a store outage: 500, and the replica lives on
+        except Exception as exc:  # a bug: 500, and the replica lives on
             logger.exception("Prediction failed")
             self.metrics.errors.labels(self.model_name, replica, "internal").inc()
             return JSONResponse(
@@ -279,7 +280,13 @@ class ChampionServer:
     def _by_entity(self, champion: ServedModel, request: EntityRequest) -> tuple[Any, ...]:
         import pandas as pd
 
-        values = online_values(self.store, champion.refs, request.ids)
+        try:
+            values = online_values(self.store, champion.refs, request.ids)
+        except Exception as exc:  # Redis restarting, a network partition: not a bug
+            raise ServingUnavailable(
+                f"the online store did not answer ({type(exc).__name__}: {exc}); retry shortly",
+                "online_store",
+            ) from exc
         features = champion.feature_names
         unknown = unknown_entities(request.ids, values, features)
         if unknown:
