@@ -354,7 +354,17 @@ def test_a_version_that_cannot_be_served_is_not_swapped_in(served):
     assert state["champion"]["version"] == "1"
     assert "feast.features" in state["last_error"], state
     assert served.predict({ENTITY: served.online_entities(1)}).json()["version"] == "1"
+    # The same version as challenger does not hold up a promotion: the champion swaps, and
+    # only the shadow is left out.
+    client.set_registered_model_alias(name, names.ALIAS_CHALLENGER, version)
+    client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "2")
+    state = served.http.post("/admin/reload").json()
+    assert (state["champion"]["version"], state["shadow"]) == ("2", None)
+    assert state["last_error"].startswith("challenger: "), state
     client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "1")
+    client.set_registered_model_alias(name, names.ALIAS_CHALLENGER, "2")
+    state = served.http.post("/admin/reload").json()
+    assert (state["champion"]["version"], state["shadow"]["version"]) == ("1", "2")
 
 
 def test_drift_monitoring_reads_what_was_served(served):

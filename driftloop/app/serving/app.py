@@ -102,43 +102,54 @@ class ChampionServer:
     # --- model swaps ----------------------------------------------------------------------
     def refresh(self) -> dict[str, Any]:
         """Look up the aliases and swap to the versions they point to (a no-op if unchanged).
-        A version that fails to load is not swapped in; the error is kept for `/model`."""
+        A version that fails to load is not swapped in; the error is kept for `/model`. The
+        champion and the shadow are loaded apart: a challenger that cannot be loaded never
+        holds up a promotion."""
         with self._reload:
+            errors = []
             try:
-                champion = load_alias(
-                    self.tracking, self.feast, self.store, names.ALIAS_CHAMPION, self.champion
-                )
-                shadow = (
+                self._swap_champion(
                     load_alias(
-                        self.tracking, self.feast, self.store, names.ALIAS_CHALLENGER, self.shadow
+                        self.tracking, self.feast, self.store, names.ALIAS_CHAMPION, self.champion
                     )
-                    if self.config.shadow_challenger
-                    else None
                 )
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self.metrics.errors.labels(self.model_name, self.metrics.replica, "reload").inc()
-                logger.warning("Reload failed, serving what was loaded before: %s", exc)
-            else:
-                self.last_error = None
-                if champion is not self.champion:
-                    before = self.champion.version if self.champion else None
-                    # One assignment: requests in flight keep the version they started with.
-                    self.champion = champion
-                    self.metrics.swaps.labels(self.model_name, self.metrics.replica).inc()
-                    self.metrics.champion_version.labels(self.model_name, self.metrics.replica).set(
-                        float(champion.version) if champion else 0
+                errors.append(f"champion: {type(exc).__name__}: {exc}")
+            shadow = None
+            if self.config.shadow_challenger:
+                try:
+                    shadow = load_alias(
+                        self.tracking, self.feast, self.store, names.ALIAS_CHALLENGER, self.shadow
                     )
-                    logger.info(
-                        "Champion %s: v%s -> v%s", self.model_name, before,
-                        champion.version if champion else None,
-                    )  # fmt: skip
-                # A challenger that is the champion itself has nothing to shadow.
-                self.shadow = (
-                    shadow if shadow and champion and shadow.version != champion.version else None
-                )
+                except Exception as exc:
+                    errors.append(f"challenger: {type(exc).__name__}: {exc}")
+            champion = self.champion
+            # A challenger that is the champion itself has nothing to shadow.
+            self.shadow = (
+                shadow if shadow and champion and shadow.version != champion.version else None
+            )
+            self.last_error = "; ".join(errors) or None
+            for error in errors:
+                self.metrics.errors.labels(self.model_name, self.metrics.replica, "reload").inc()
+                logger.warning("Reload failed, serving what was loaded before: %s", error)
             self.checked_at = time.time()
             return self.describe()
+
+    def _swap_champion(self, champion: ServedModel | None) -> None:
+        if champion is self.champion:
+            return
+        before = self.champion.version if self.champion else None
+        # One assignment: requests in flight keep the version they started with.
+        self.champion = champion
+        replica = self.metrics.replica
+        self.metrics.swaps.labels(self.model_name, replica).inc()
+        self.metrics.champion_version.labels(self.model_name, replica).set(
+            float(champion.version) if champion else 0
+        )
+        logger.info(
+            "Champion %s: v%s -> v%s", self.model_name, before,
+            champion.version if champion else None,
+        )  # fmt: skip
 
     def _poll(self) -> None:
         """Every `alias_poll_s`: catch an alias moved without an event (a rollback by hand),
