@@ -312,9 +312,9 @@ def reason_of(run: dict) -> str | None:
 
 
 class ServingProbe:
-    """Requests to the serving application, paced (a user's traffic, not a load test that
-    would starve the trainings of CPU), from a thread; every answer is kept: status, version,
-    or the exception."""
+    """Requests to the serving application from a thread, one every `every_s` (the stack
+    tests pace them like a user's traffic, so the trainings keep their CPU; 0 sends them back
+    to back); every answer is kept: status, version, or the exception."""
 
     def __init__(self, url: str, body: str, every_s: float = 0.2):
         self.url = url

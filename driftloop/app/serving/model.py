@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from blocks.feast import FeastFeatureStore
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ServedModel:
     """One registry version, ready to score: immutable, so a request that picked it up keeps
-    it for its whole life even if a swap replaces it meanwhile."""
+    it for its whole life even if a swap replaces it meanwhile. What every request reads of
+    it (refs, feature names, inputs) is derived once."""
 
     name: str
     version: str
@@ -44,15 +46,15 @@ class ServedModel:
     keys: tuple[EntityKey, ...]
     loaded_at: float = field(default_factory=time.time)
 
-    @property
+    @cached_property
     def refs(self) -> list[str]:
         return [c.ref for c in self.columns]
 
-    @property
+    @cached_property
     def feature_names(self) -> list[str]:
         return [c.name for c in self.columns]
 
-    @property
+    @cached_property
     def inputs(self) -> tuple[InputColumn, ...]:
         return input_columns(self.columns)
 
