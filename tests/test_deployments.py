@@ -316,6 +316,7 @@ def test_prefect_yaml_validates_as_prefect_deploy_reads_it():
         "monitor-churn-drift",
         "monitor-churn-served-drift",
         "swap-churn-serving",
+        "roll-back-churn-champion",
         "materialize-churn-features",
         "score-churn-batch",
     ]
@@ -337,6 +338,7 @@ def test_schedules_triggers_and_limits_are_declared():
         "monitor-churn-drift": ["0 * * * *"],
         "monitor-churn-served-drift": ["30 * * * *"],
         "swap-churn-serving": [],
+        "roll-back-churn-champion": [],
         "materialize-churn-features": ["*/15 * * * *"],
         "score-churn-batch": [],
     }

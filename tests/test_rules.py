@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from driftloop.core import metric_direction, names
-from driftloop.core.contracts import DatasetLocation, DatasetVersion
+from driftloop.core.contracts import DatasetLocation, DatasetVersion, ModelVersionRef
+from driftloop.core.errors import RollbackError
 from driftloop.core.interruptions import (
     covers_its_data,
     is_interrupted,
@@ -12,6 +15,7 @@ from driftloop.core.interruptions import (
     zombie_reason,
 )
 from driftloop.core.planning import choose_revision, skip_reason, training_fingerprint
+from driftloop.core.rollback import rollback_target
 from driftloop.core.timewindows import split_by_time
 
 
@@ -251,3 +255,27 @@ def test_a_categorical_feature_stays_text_even_when_every_value_is_missing():
     assert matrix["plan"].dtype == object
     assert matrix["n"].dtype == "float64"
     assert matrix["plan"].isna().all()
+
+
+HISTORY = {"1": names.DECISION_PROMOTED, "2": names.DECISION_PROMOTED,
+           "3": names.DECISION_REJECTED, "4": None}  # fmt: skip
+
+
+def test_a_rollback_steps_back_to_the_champion_it_replaced():
+    champion = ModelVersionRef(name="m", version="2", compared_to="1")
+    assert rollback_target(champion, None, HISTORY) == "1"
+    assert rollback_target(ModelVersionRef(name="m", version="1"), "2", HISTORY) == "2"
+
+
+def test_a_rollback_goes_only_to_a_version_that_was_promoted():
+    first = ModelVersionRef(name="m", version="1")
+    second = ModelVersionRef(name="m", version="2", compared_to="1")
+    for champion, requested, message in (
+        (first, None, "'m' v1 is its first champion: there is no earlier champion"),
+        (second, "3", "'m' v3 was never promoted \\(its decision: rejected\\)"),
+        (second, "4", "'m' v4 was never promoted \\(its decision: none\\)"),
+        (second, "9", "'m' has no version '9' \\(its versions: v1, v2, v3, v4\\)"),
+        (second, "2", "'m' v2 is the champion already"),
+    ):
+        with pytest.raises(RollbackError, match=message):
+            rollback_target(champion, requested, HISTORY)

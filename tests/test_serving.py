@@ -284,6 +284,7 @@ def _wait_for_version(served: Served, version: str, timeout: float = 60) -> None
 
 
 def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served):
+    from flows.rollback import roll_back_champion
     from flows.serving_swap import swap_serving_model
 
     client = served.mlflow.client()
@@ -292,19 +293,24 @@ def test_promotion_and_rollback_swap_under_load_without_a_failed_request(served)
     body = json.dumps({ENTITY: served.online_entities(2)})
     with ServingProbe(served.url, body, every_s=0) as load:
         time.sleep(2)
-        # A promotion: the alias moves, and the swap flow (what the promotion automation
-        # runs) asks the application to reload, and checks it serves the new champion.
+        # The alias moved by hand, in the registry only: the replicas' poll swaps.
         client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "2")
+        _wait_for_version(served, "2", timeout=30)
+        time.sleep(2)
+        # A rollback by the flow: it moves the alias back and announces v1 as the champion;
+        # the swap flow (what that announcement's automation runs) asks the application to
+        # reload, and checks that it serves v1.
+        rollback = roll_back_champion(
+            to_version=1, reason="test", mlflow_block=served.mlflow.block_name
+        )
+        assert (rollback.from_version, rollback.to_version) == ("2", "1")
         state = swap_serving_model(serving_block=served.block, return_state=True)
         assert state.is_completed(), state.message
-        assert state.result().served_version == "2"
-        time.sleep(2)
-        # A rollback by hand, in the registry only: the replicas' poll swaps back.
-        client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "1")
-        _wait_for_version(served, "1", timeout=30)
+        assert state.result().served_version == "1"
         time.sleep(2)
     assert not load.failed(), load.failed()[:5]
     versions = [version for _, version in load.answers]
+    assert versions[-1] == "1"
     assert {"1", "2"} <= set(versions), Counter(load.answers)
     assert len(load.answers) > 50, Counter(load.answers)
 

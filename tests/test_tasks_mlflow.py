@@ -166,3 +166,56 @@ def test_champion_with_other_inputs_is_not_comparable(trained, tmp_path):
     evaluation = evaluate_champion(version, holdout_without_plan, trained[1], SCHEMA, mlflow.block)
     assert evaluation.metrics is None
     assert "needs inputs ['plan']" in evaluation.not_comparable_reason
+
+
+def test_a_rollback_flow_brings_back_an_earlier_champion_and_announces_it(trained, tmp_path):
+    """v1 promoted, v2 promoted over it, v3 rejected: the flow steps back to v1, records why on
+    v2, and announces v1 as a new champion (the automations swap serving and rescore on it);
+    every request it cannot honour fails naming the version, and the champion stays."""
+    from flows.rollback import roll_back_champion
+
+    mlflow = make_mlflow(tmp_path)
+    run = log(trained, mlflow)
+    client = mlflow.client()
+    name = mlflow.model_name
+    register_model_version(run, mlflow.block, {})
+    for decision, compared_to in (
+        (names.DECISION_PROMOTED, None),
+        (names.DECISION_PROMOTED, "1"),
+        (names.DECISION_REJECTED, "2"),
+    ):
+        version = client.create_model_version(name, run.model_uri, run.run_id).version
+        client.set_model_version_tag(name, version, names.TAG_DECISION, decision)
+        if compared_to:
+            client.set_model_version_tag(name, version, names.TAG_COMPARED_TO, compared_to)
+    # Version 1 is register_model_version's; the history is versions 2, 3 and 4.
+    client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "3")
+    client.set_model_version_tag(name, "3", names.TAG_COMPARED_TO, "2")
+
+    done = roll_back_champion(reason="v3 answers slowly", mlflow_block=mlflow.block_name)
+    assert (done.from_version, done.to_version) == ("3", "2")
+    assert mlflow.champion() == "2"
+    tags = client.get_model_version(name, "3").tags
+    assert tags[names.TAG_ROLLED_BACK_TO] == "2"
+    assert tags[names.TAG_ROLLBACK_REASON] == "v3 answers slowly"
+    assert tags[names.TAG_DECISION] == names.DECISION_PROMOTED
+    (event,) = events(names.EVENT_MODEL_PROMOTED, names.model_resource_id(name))
+    assert str(event.id) == done.event_id
+    assert event.payload["version"] == "2"
+    assert event.payload[names.PAYLOAD_ROLLED_BACK_FROM] == "3"
+    assert event.payload["reason"] == "rolled back from v3: v3 answers slowly"
+
+    for to_version, message in (
+        (4, "v4 was never promoted (its decision: rejected)"),
+        (9, "has no version '9'"),
+        (2, "v2 is the champion already"),
+        (None, "v2 is its first champion"),
+    ):
+        state = roll_back_champion(to_version=to_version, mlflow_block=mlflow.block_name,
+                                   return_state=True)  # fmt: skip
+        assert state.is_failed()
+        assert message in state.message, state.message
+        assert mlflow.champion() == "2"
+    # Naming a version steps forward again.
+    assert roll_back_champion(to_version=3, mlflow_block=mlflow.block_name).to_version == "3"
+    assert mlflow.champion() == "3"

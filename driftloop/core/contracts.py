@@ -335,3 +335,13 @@ class ServingSwap(_Value):
     skipped: str | None = Field(
         default=None, description="Why nothing was asked (serving switched off in its block)."
     )
+
+
+class Rollback(_Value):
+    """A champion moved back to an earlier one, and the event that announced it."""
+
+    model_name: str
+    from_version: str = Field(description="The champion before the rollback.")
+    to_version: str = Field(description="The champion after it.")
+    reason: str = Field(description="Why, as the person (or flow) that asked gave it.")
+    event_id: str = Field(description="The `driftloop.model.promoted` event it emitted.")

@@ -38,6 +38,10 @@ class NoChampionError(DriftloopInputError):
     """A flow needs the champion model, and the registry has none yet."""
 
 
+class RollbackError(DriftloopInputError):
+    """A rollback asked for a version the champion cannot go back to."""
+
+
 class NotEnoughDataError(DriftloopInputError):
     """A window or batch holds too few rows to act on."""
 

@@ -50,6 +50,8 @@ PAYLOAD_REASON = "reason"
 # Where a person looks next: the MLflow page of the model version (or run) the event is about.
 PAYLOAD_MLFLOW_URL = "mlflow_url"
 PAYLOAD_PREDICTION_DRIFT = "prediction_drift"
+# On a `driftloop.model.promoted` a rollback emits: the version the champion moved away from.
+PAYLOAD_ROLLED_BACK_FROM = "rolled_back_from"
 # A resource label on drift events: "true" when the dataset holds labeled data the champion
 # has not been fit on, so retraining can change something. Retraining triggers match on it.
 LABEL_NEW_LABELS = "driftloop.new-labels"
@@ -109,6 +111,10 @@ TAG_DECISION = "driftloop.decision"
 TAG_DECISION_REASON = "driftloop.decision.reason"
 TAG_GATE_METRIC = "driftloop.gate.metric"
 TAG_COMPARED_TO = "driftloop.gate.compared_to_version"
+# Set by a rollback, on the version it moved the champion away from: to which version, and why.
+# Its decision stays "promoted", so training its data again does not register it twice.
+TAG_ROLLED_BACK_TO = "driftloop.rollback.to_version"
+TAG_ROLLBACK_REASON = "driftloop.rollback.reason"
 
 TAG_TRIAL_NUMBER = "driftloop.trial.number"
 TAG_TRIAL_STATE = "driftloop.trial.state"
