@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, SecretStr
 
 from blocks._base import DriftloopBlock
+from blocks.prediction_log import ParquetPredictionLog, PredictionLog, SqlPredictionLog
 from driftloop.core import names
 from driftloop.core.errors import BlockConfigurationError
 from driftloop.core.serving import ServingLimits
@@ -81,6 +82,15 @@ class ServingConfig(DriftloopBlock):
             "`served`)."
         ),
     )
+    prediction_log_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "A database for the prediction log instead of parquet files: a SQLAlchemy URL "
+            "(`postgresql://user:password@host:5432/served`); rows go to its table "
+            "`driftloop_predictions`, created if missing. The server profile sets it to its "
+            "PostgreSQL. Empty: parquet files in `prediction_log_dir`."
+        ),
+    )
     log_batch_rows: int = Field(
         default=500, ge=1, description="The prediction log writes a file every this many rows."
     )
@@ -120,11 +130,27 @@ class ServingConfig(DriftloopBlock):
     def limits(self) -> ServingLimits:
         return ServingLimits(max_body_bytes=self.max_body_bytes, max_rows=self.max_rows)
 
-    def log_dir(self, default: Path) -> Path:
-        """The prediction log's folder: the configured one, or `default` (the state folder's
+    def prediction_log(self, default_dir: Path) -> PredictionLog:
+        """Where what was served is logged: the database of `prediction_log_url`, else
+        parquet files in `prediction_log_dir`, else in `default_dir` (the state folder's
         `served/`, from the settings)."""
-        return Path(self.prediction_log_dir) if self.prediction_log_dir else default
+        if self.prediction_log_url is not None:
+            return SqlPredictionLog(self.prediction_log_url.get_secret_value())
+        return ParquetPredictionLog(
+            Path(self.prediction_log_dir) if self.prediction_log_dir else default_dir
+        )
 
     def check(self, ref: str) -> None:
         if self.url and not self.url.startswith(("http://", "https://")):
             raise BlockConfigurationError(f"Block {ref!r}: url {self.url!r} is not an http(s) URL")
+        if self.prediction_log_url is not None:
+            from sqlalchemy.engine import make_url
+
+            try:
+                make_url(self.prediction_log_url.get_secret_value())
+            except Exception as exc:  # the URL itself may hold a password: never show it
+                raise BlockConfigurationError(
+                    f"Block {ref!r}: prediction_log_url is not a database URL SQLAlchemy "
+                    f"reads ({type(exc).__name__}); expected e.g. "
+                    "postgresql://user:password@host:5432/served"
+                ) from None

@@ -84,9 +84,9 @@ def monitor_drift(
     )  # fmt: skip
     features = resolve_features(feast_cfg, champion_features(champion, mlflow_cfg))
     if window.source == "served":
-        log_dir = ServingConfig.load_named(serving_block).log_dir(get_settings().served_dir)
+        log = ServingConfig.load_named(serving_block).prediction_log(get_settings().served_dir)
         current, start, end = get_served_window(
-            log_dir, champion.name, features, window, policy.min_rows
+            log, champion.name, features, window, policy.min_rows
         )
     else:
         current, start, end = get_feature_window(feast_cfg, features, window, policy.min_rows)

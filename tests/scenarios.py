@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.notifications import NOTICES
@@ -106,6 +107,19 @@ def new_data_closes_the_loop_while_components_die(stack: Stack, dying: tuple[str
     assert {v for _, v in probe.answers} == {"1", "2"}
     swap = stack.wait_for_run(SWAP, by_automation, timeout=120)
     assert swap["state_type"] == "COMPLETED", swap["state"]
+    # What was served is in the prediction log, as the drift monitor reads it back: on the
+    # server profile a PostgreSQL table, on the embedded one parquet files. Both versions'
+    # answers are there, with the features they were given (written within `log_flush_s`).
+    log, now = stack.prediction_log(), datetime.now(UTC)
+    deadline = time.monotonic() + 30
+    while True:
+        served = log.read("churn-model", now - timedelta(hours=1), datetime.now(UTC))
+        if served is not None and set(served["version"]) == {"1", "2"}:
+            break
+        assert time.monotonic() < deadline, log.where("churn-model")
+        time.sleep(1)
+    assert {"customer_id", "plan", "score"} <= set(served.columns)
+    assert set(served["role"]) == {"champion"}
 
 
 def _closes_the_loop(stack: Stack, dying: tuple[str, ...], scoring: dict, probe) -> None:

@@ -167,6 +167,16 @@ class Stack:
         # Explicit registry URI: other tests in this process set MLflow's global one.
         return MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
 
+    def prediction_log(self):
+        """The serving application's prediction log as `up` configured it: the local
+        PostgreSQL's `served` database on the server profile, parquet files otherwise."""
+        from blocks.prediction_log import ParquetPredictionLog, SqlPredictionLog
+
+        if self.profile == "server":
+            port = self.env["DRIFTLOOP_POSTGRES_PORT"]
+            return SqlPredictionLog(f"postgresql://driftloop@127.0.0.1:{port}/served")
+        return ParquetPredictionLog(self.home / "served")
+
     def champion(self) -> str:
         from driftloop.core import names
         from tasks.registry import alias_version

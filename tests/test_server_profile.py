@@ -5,11 +5,13 @@ whole service on this profile is tests/test_stack_server.py."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from blocks import FeastFeatureStore
+from blocks.prediction_log import SqlPredictionLog
 from driftloop.app import server_profile
 from driftloop.app.server_profile import Databases, redacted
 from driftloop.app.stack import _components, stack_env
@@ -37,7 +39,9 @@ def test_with_no_urls_up_starts_postgresql_and_redis_for_everything(tmp_path: Pa
     assert (dbs.local_postgres, dbs.local_redis) == (True, True)
     assert dbs.prefect_url == "postgresql+asyncpg://driftloop@127.0.0.1:5442/prefect"
     assert dbs.mlflow_url == "postgresql://driftloop@127.0.0.1:5442/mlflow"
-    assert dbs.local_databases == ("prefect", "mlflow")
+    # ... and the serving application's prediction log goes to that PostgreSQL too.
+    assert dbs.local_databases == ("prefect", "mlflow", "served")
+    assert dbs.prediction_log_url == "postgresql://driftloop@127.0.0.1:5442/served"
 
 
 @pytest.mark.parametrize("prefect_setting", server_profile.PREFECT_DATABASE_SETTINGS)
@@ -47,6 +51,8 @@ def test_urls_given_through_each_components_own_setting_win(tmp_path: Path, pref
     dbs = Databases.of(settings, env)
     assert (dbs.prefect_url, dbs.mlflow_url) == (GIVEN_PREFECT, GIVEN_MLFLOW)
     assert (dbs.local_postgres, dbs.local_redis) == (False, False)
+    # No local PostgreSQL is started for the prediction log alone: parquet files, unless given.
+    assert dbs.prediction_log_url is None
     components = _components(settings, stack_env(settings) | env)
     assert server_profile.POSTGRES not in components and server_profile.REDIS not in components
     # Only MLflow gets MLflow's store, through its environment, never on its command line.
@@ -63,7 +69,11 @@ def test_only_the_database_not_given_is_created_locally(tmp_path: Path):
     settings = server_settings(tmp_path)
     dbs = Databases.of(settings, {"MLFLOW_BACKEND_STORE_URI": GIVEN_MLFLOW})
     assert dbs.local_postgres
+    assert dbs.local_databases == ("prefect", "served")
+    given = server_settings(tmp_path, prediction_log_url=GIVEN_MLFLOW.replace("mlflow", "served"))
+    dbs = Databases.of(given, {"MLFLOW_BACKEND_STORE_URI": GIVEN_MLFLOW})
     assert dbs.local_databases == ("prefect",)
+    assert dbs.prediction_log_url == "postgresql://served:s3cret@db.internal:5432/served"
 
 
 def test_the_embedded_profile_ignores_database_urls_in_the_callers_shell(
@@ -109,6 +119,13 @@ def test_postgresql_and_redis_start_serve_and_stop_cleanly_under_the_supervisor(
     settings = server_settings(tmp_path, postgres_port=free_port(), redis_port=free_port())
     env = stack_env(settings)
     started: list[int] = []
+    at = datetime.now(UTC)
+    logged = [
+        {"served_at": at, "request_id": "r", "model": "m", "version": "1", "role": "champion",
+         "mode": "entity", "customer_id": i, "tenure": float("nan") if i == 0 else 3.0,
+         "plan": plan, "score": 0.25, "imputed": "tenure" if i == 0 else ""}
+        for i, plan in enumerate(("basic", "pro"))
+    ]  # fmt: skip
     for attempt in (1, 2):
         supervisor = Supervisor(settings.run_dir, service_id=f"test-{attempt}", log=print)
         server_profile.ensure_cluster(settings)
@@ -118,8 +135,19 @@ def test_postgresql_and_redis_start_serve_and_stop_cleanly_under_the_supervisor(
         try:
             supervisor.wait_healthy(postgres, 60)
             supervisor.wait_healthy(cache, 60)
-            created = server_profile.ensure_databases(settings, ("prefect", "mlflow"))
-            assert created == (["prefect", "mlflow"] if attempt == 1 else [])
+            created = server_profile.ensure_databases(settings, ("prefect", "mlflow", "served"))
+            assert created == (["prefect", "mlflow", "served"] if attempt == 1 else [])
+            # The prediction log's table on a real PostgreSQL: written, and read back after
+            # a restart.
+            served = SqlPredictionLog(server_profile.local_postgres_url(settings, "served"))
+            if attempt == 1:
+                served.write("m", logged)
+            window = served.read("m", logged[0]["served_at"], logged[0]["served_at"])
+            assert window is not None and len(window) == 2
+            window = window.sort_values("customer_id")
+            assert window["tenure"].isna().tolist() == [True, False]
+            assert list(window["plan"]) == ["basic", "pro"]
+            served.engine.dispose()
             with psycopg2.connect(
                 host=settings.host, port=settings.postgres_port, dbname="mlflow",
                 user=server_profile.POSTGRES_USER,

@@ -4,6 +4,7 @@ and the work pool. Idempotent: existing documents (and the user's edits to them)
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from uuid import UUID
 
@@ -59,8 +60,21 @@ def default_documents(settings: DriftloopSettings) -> dict[type[DriftloopBlock],
             host=settings.serving_host,
             port=settings.serving_port,
             url=settings.serving_url,
+            prediction_log_url=prediction_log_url(settings),
         ),
     }
+
+
+def prediction_log_url(settings: DriftloopSettings) -> str | None:
+    """The default serving block's prediction-log database: DRIFTLOOP_PREDICTION_LOG_URL, else
+    (server profile) the local PostgreSQL's `served` database when `up` runs one, else None
+    (parquet files in the state folder)."""
+    if settings.profile == "server":
+        from driftloop.app.server_profile import Databases
+
+        return Databases.of(settings, dict(os.environ)).prediction_log_url
+    given = settings.prediction_log_url
+    return given.get_secret_value() if given is not None else None
 
 
 def register_block_types() -> None:

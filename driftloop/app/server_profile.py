@@ -10,7 +10,9 @@ a supervised component with its data in the state folder:
 - MLflow's backend store: `MLFLOW_BACKEND_STORE_URI` (MLflow's own setting), else the
   database `mlflow` of that PostgreSQL;
 - Feast's online store: `DRIFTLOOP_FEAST_REDIS` (which `feature_store.server.yaml` reads),
-  else a local Redis.
+  else a local Redis;
+- the serving application's prediction log: `DRIFTLOOP_PREDICTION_LOG_URL`, else the database
+  `served` of the local PostgreSQL when one runs for the others, else parquet files.
 
 The local PostgreSQL is Debian's (`/usr/lib/postgresql/<version>/bin`), initialised once with
 `initdb` under `<state>/postgres/data`, trusting connections from loopback only; the local
@@ -56,6 +58,7 @@ REDIS = "redis"
 POSTGRES_USER = "driftloop"
 PREFECT_DATABASE = "prefect"
 MLFLOW_DATABASE = "mlflow"
+SERVED_DATABASE = "served"
 # Prefect's setting for its database, and the name it had before Prefect 3.1 (still read).
 PREFECT_DATABASE_SETTINGS = (
     "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -104,6 +107,8 @@ class Databases:
     # The databases `up` creates in the local PostgreSQL: the ones not given by URL.
     local_databases: tuple[str, ...]
     local_redis: bool
+    # The serving application's prediction log; None: parquet files in the state folder.
+    prediction_log_url: str | None = None
 
     @property
     def local_postgres(self) -> bool:
@@ -120,18 +125,26 @@ class Databases:
         """
         given_prefect = next((env[k] for k in PREFECT_DATABASE_SETTINGS if env.get(k)), None)
         given_mlflow = env.get(MLFLOW_DATABASE_SETTING) or None
+        given_log = settings.prediction_log_url
+        local = tuple(
+            name
+            for name, given in ((PREFECT_DATABASE, given_prefect), (MLFLOW_DATABASE, given_mlflow))
+            if given is None
+        )
+        # The prediction log goes to the local PostgreSQL only if one runs anyway.
+        local_log = given_log is None and bool(local)
         return cls(
             prefect_url=given_prefect or local_postgres_url(settings, PREFECT_DATABASE, "+asyncpg"),
             mlflow_url=given_mlflow or local_postgres_url(settings, MLFLOW_DATABASE),
-            local_databases=tuple(
-                name
-                for name, given in (
-                    (PREFECT_DATABASE, given_prefect),
-                    (MLFLOW_DATABASE, given_mlflow),
-                )
-                if given is None
-            ),
+            local_databases=(*local, SERVED_DATABASE) if local_log else local,
             local_redis=settings.feast_redis is None,
+            prediction_log_url=(
+                given_log.get_secret_value()
+                if given_log is not None
+                else local_postgres_url(settings, SERVED_DATABASE)
+                if local_log
+                else None
+            ),
         )
 
 

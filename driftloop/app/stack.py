@@ -844,6 +844,11 @@ def _start_databases(
     log(f"  MLflow's backend store: {server_profile.redacted(dbs.mlflow_url)}")
     if redis is None:
         log(f"  Feast's online store: the Redis that {server_profile.FEAST_REDIS_SETTING} names")
+    if dbs.prediction_log_url:
+        log(
+            "  The serving application's prediction log: "
+            + server_profile.redacted(dbs.prediction_log_url)
+        )
 
 
 def _shutdown(

@@ -168,6 +168,15 @@ class DriftloopSettings(BaseSettings):
             "`http://ray-head:8000`). Unset: http://<serving_host>:<serving_port>."
         ),
     )
+    prediction_log_url: SecretStr | None = Field(
+        default=None,
+        description=(
+            "The `prediction_log_url` of the default `driftloop-serving` block: a database "
+            "(SQLAlchemy URL) for the serving application's prediction log. Unset: the "
+            "server profile's local PostgreSQL (database `served`) when it runs one, else "
+            "parquet files in the state folder."
+        ),
+    )
     notify_block: str | None = Field(
         default=None,
         description=(

@@ -78,7 +78,7 @@ class ChampionServer:
         config: ServingConfig,
         tracking: MlflowTracking,
         feast: FeastFeatureStore,
-        log_dir: str,
+        default_log_dir: str,
     ):
         quiet_environment()
         self.config = config
@@ -88,7 +88,10 @@ class ChampionServer:
         self.model_name = tracking.registered_model_name
         replica = serve.get_replica_context().replica_id.unique_id
         self.metrics = ServingMetrics(self.model_name, replica)
-        self.log = PredictionLogWriter(Path(log_dir), config.log_batch_rows, config.log_flush_s)
+        self.log = PredictionLogWriter(
+            config.prediction_log(Path(default_log_dir)), config.log_batch_rows,
+            config.log_flush_s, on_error=self._log_error,
+        )  # fmt: skip
         self.champion: ServedModel | None = None
         self.shadow: ServedModel | None = None
         self.last_error: str | None = None
@@ -98,6 +101,9 @@ class ChampionServer:
         self.refresh()
         self._poller = threading.Thread(target=self._poll, name="alias-poll", daemon=True)
         self._poller.start()
+
+    def _log_error(self, kind: str) -> None:
+        self.metrics.errors.labels(self.model_name, self.metrics.replica, kind).inc()
 
     # --- model swaps ----------------------------------------------------------------------
     def refresh(self) -> dict[str, Any]:
@@ -153,11 +159,10 @@ class ChampionServer:
 
     def _poll(self) -> None:
         """Every `alias_poll_s`: catch an alias moved without an event (a rollback by hand),
-        write a due log batch, and read the champion's last drift share."""
+        and read the champion's last drift share."""
         while not self._stop.wait(self.config.alias_poll_s):
             try:
                 self.refresh()
-                self.log.flush_if_due()
                 self._read_drift_share()
             except Exception:  # the poll must outlive any one failure
                 logger.exception("Serving poll failed")
@@ -188,12 +193,18 @@ class ChampionServer:
             "last_error": self.last_error,
             "checked_at": self.checked_at,
             "replica": self.metrics.replica,
+            "prediction_log": {
+                "where": self.log.store.where(self.model_name),
+                "written_rows": self.log.written_rows,
+                "dropped_rows": self.log.dropped_rows,
+                "last_error": self.log.last_error,
+            },
         }
 
     def __del__(self) -> None:
         # Ray Serve calls this when it stops the replica: write what is still buffered.
         self._stop.set()
-        self.log.flush()
+        self.log.close()
 
     # --- routes ---------------------------------------------------------------------------
     @api.get("/health")
@@ -354,8 +365,10 @@ class ChampionServer:
 
 
 def build(config: ServingConfig, tracking: MlflowTracking, feast: FeastFeatureStore,
-          log_dir: Path) -> serve.Application:  # fmt: skip
-    """The application, bound to its configuration: what `serve.run` deploys."""
+          default_log_dir: Path) -> serve.Application:  # fmt: skip
+    """The application, bound to its configuration: what `serve.run` deploys.
+    `default_log_dir`: the prediction log's folder unless the block names a folder or a
+    database."""
     return ChampionServer.options(num_replicas=config.num_replicas).bind(
-        config, tracking, feast, str(log_dir)
+        config, tracking, feast, str(default_log_dir)
     )

@@ -1,85 +1,144 @@
-"""The prediction log writer: rows of what was served, appended to parquet in batches.
+"""The prediction log writer: rows of what was served, appended in batches off the request path.
 
-A replica appends rows as it answers; a batch is written when it holds `batch_rows` rows, when
-its oldest row is `flush_s` old (checked on each append and by the replica's poll), and when
-the replica stops. Each file is written under a temporary name and renamed, so a reader never
-sees half a file. What a crash of the replica loses is the unwritten batch: at most
-`batch_rows` rows or `flush_s` seconds of traffic.
+A replica appends rows as it answers; a thread of the writer writes a batch (per model) when
+`batch_rows` rows are pending, when the oldest pending row is `flush_s` old, and when the
+replica stops. Requests never wait for a write.
+
+Where the batches go is the serving block's choice (blocks/prediction_log.py): parquet files,
+or a database table. A write that fails (the database restarting) keeps its rows and is
+retried at the next flush; only when more than `max_pending_rows` rows wait is the oldest
+dropped, and that is logged as an error and counted (`driftloop_serving_errors_total`, kind
+`prediction_log_dropped`), never silent. What a crash of the replica loses is what was
+pending: at most `batch_rows` rows or `flush_s` seconds of traffic while the store answers.
 
 Example:
-    >>> log = PredictionLogWriter(Path("served"), batch_rows=500, flush_s=5.0)  # doctest: +SKIP
+    >>> log = PredictionLogWriter(ParquetPredictionLog(Path("served")), 500, 5.0)  # doctest: +SKIP
     >>> log.append("churn-model", [{"served_at": ..., "score": 0.2}])  # doctest: +SKIP
+    >>> log.close()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from driftloop.core.prediction_log import day_folder, part_name
+from blocks.prediction_log import PredictionLog
+
+logger = logging.getLogger("ray.serve")
 
 
 class PredictionLogWriter:
-    """Batches rows per model and writes each batch as one parquet file."""
+    """Batches rows per model; a background thread writes each batch to the store."""
 
-    def __init__(self, root: Path, batch_rows: int, flush_s: float):
-        self.root = root
+    def __init__(
+        self,
+        store: PredictionLog,
+        batch_rows: int,
+        flush_s: float,
+        max_pending_rows: int | None = None,
+        on_error: Callable[[str], None] = lambda kind: None,
+    ):
+        self.store = store
         self.batch_rows = batch_rows
         self.flush_s = flush_s
+        self.max_pending_rows = max_pending_rows or 100 * batch_rows
+        self.on_error = on_error
         self._rows: dict[str, list[dict[str, Any]]] = {}
         self._oldest: float | None = None
         self._lock = threading.Lock()
-        self._seq = 0
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
         self.written_rows = 0
-        self.written_files = 0
+        self.written_batches = 0
+        self.dropped_rows = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
 
     def append(self, model: str, rows: list[dict[str, Any]]) -> None:
-        """Add rows; write the batch if it is full or old enough."""
+        """Add rows; the writer thread writes them soon (at once if a batch is full)."""
         with self._lock:
             self._rows.setdefault(model, []).extend(rows)
             if self._oldest is None:
                 self._oldest = time.monotonic()
-            due = self._due()
-        if due:
-            self.flush()
+            full = self._pending() >= self.batch_rows
+        if full:
+            self._wake.set()
 
-    def flush_if_due(self) -> None:
-        with self._lock:
-            due = self._due()
-        if due:
-            self.flush()
+    def _pending(self) -> int:
+        return sum(len(rows) for rows in self._rows.values())
 
     def _due(self) -> bool:
-        pending = sum(len(rows) for rows in self._rows.values())
-        return pending >= self.batch_rows or (
-            pending > 0
-            and self._oldest is not None
-            and time.monotonic() - self._oldest >= self.flush_s
-        )
+        with self._lock:
+            pending = self._pending()
+            return pending >= self.batch_rows or (
+                pending > 0
+                and self._oldest is not None
+                and time.monotonic() - self._oldest >= self.flush_s
+            )
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(timeout=min(self.flush_s, 1.0))
+            self._wake.clear()
+            if self._due():
+                self.flush()
 
     def flush(self) -> None:
-        """Write every pending row now (one file per model)."""
+        """Write every pending row now (one batch per model). A batch the store refused goes
+        back to the front of the queue, for the next flush."""
+        with self._write_lock:
+            with self._lock:
+                batches, self._rows, self._oldest = self._rows, {}, None
+            failed: dict[str, list[dict[str, Any]]] = {}
+            for model, rows in batches.items():
+                if not rows:
+                    continue
+                try:
+                    self.store.write(model, rows)
+                except Exception as exc:
+                    failed[model] = rows
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.on_error("prediction_log")
+                    logger.warning(
+                        "The prediction log at %s refused %d rows; kept for the next "
+                        "flush: %s", self.store.where(model), len(rows), self.last_error,
+                    )  # fmt: skip
+                    continue
+                self.written_rows += len(rows)
+                self.written_batches += 1
+            if failed:
+                self._requeue(failed)
+
+    def _requeue(self, failed: dict[str, list[dict[str, Any]]]) -> None:
         with self._lock:
-            batches, self._rows, self._oldest = self._rows, {}, None
-            self._seq += 1
-            seq = self._seq
-        for model, rows in batches.items():
-            if rows:
-                self._write(model, rows, seq)
+            for model, rows in failed.items():
+                self._rows[model] = rows + self._rows.get(model, [])
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            excess = self._pending() - self.max_pending_rows
+            for model, rows in self._rows.items():
+                if excess <= 0:
+                    break
+                dropped = min(excess, len(rows))
+                del rows[:dropped]
+                excess -= dropped
+                self.dropped_rows += dropped
+                self.on_error("prediction_log_dropped")
+                logger.error(
+                    "Dropped the %d oldest unwritten prediction-log rows of %r: the log at "
+                    "%s has refused writes while more than %d rows waited (%s)",
+                    dropped, model, self.store.where(model), self.max_pending_rows,
+                    self.last_error,
+                )  # fmt: skip
 
-    def _write(self, model: str, rows: list[dict[str, Any]], seq: int) -> None:
-        import pandas as pd
-
-        now = datetime.now(UTC)
-        folder = day_folder(self.root, model, now)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / part_name(now, os.getpid(), seq)
-        partial = target.with_name(f".{target.name}.partial")
-        pd.DataFrame(rows).to_parquet(partial, index=False)
-        partial.rename(target)
-        self.written_rows += len(rows)
-        self.written_files += 1
+    def close(self) -> None:
+        """Stop the thread and write what is pending (once more if the store refuses)."""
+        self._closed.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()

@@ -80,11 +80,12 @@ def serve_until(stop: threading.Event, block: str = names.DEFAULT_BLOCK) -> int:
             # still logged, and the metrics count every request.
             logging_config={"enable_access_log": False},
         )
-        log_dir = config.log_dir(get_settings().served_dir)
+        log_dir = get_settings().served_dir
         serve.run(build(config, tracking, feast, log_dir), name=APP_NAME, route_prefix="/")
+        where = config.prediction_log(log_dir).where(tracking.registered_model_name)
         print(
             f"Serving {tracking.registered_model_name}@{names.ALIAS_CHAMPION} at "
-            f"{config.base_url}/predict (prediction log: {log_dir})",
+            f"{config.base_url}/predict (prediction log: {where})",
             flush=True,
         )
         failures = 0
