@@ -23,8 +23,10 @@ then measures over HTTP, with keep-alive connections (one `httpx.Client` per thr
    failed requests (non-200 or no answer) over the whole window, which goes on `--after-s`
    after the switch. Then the same back to the first version.
 4. **In process**, in the benchmark's own process on the same machine: the Feast online
-   lookup alone and the MLflow pyfunc's `predict` alone, on 1 and 100 rows: where the
-   serving time goes.
+   lookup alone and the MLflow pyfunc's `predict` alone, on 1 and 100 rows, also with one
+   warning filter as the replica scores; beside them, the mean time inside the replica (the
+   application's own latency histogram, read from `/metrics` around the sequential runs):
+   where the serving time goes.
 
 The client threads run in the benchmark's process on the same machine as the service, so
 throughput is that of the whole machine (clients included). No timing is asserted anywhere.
@@ -201,14 +203,36 @@ def concurrent(url: str, bodies: list[bytes], threads: int, seconds: float) -> d
     return {"rps": sum(ok) / elapsed, "ok": sum(ok), "failed": sum(failed)}
 
 
-def measure(url: str, kinds: dict[str, list[bytes]], args) -> dict[str, dict[str, Any]]:
+def replica_seconds(metrics_url: str) -> tuple[float, float]:
+    """(sum, count) of driftloop's own latency histogram: time inside the replica (parse,
+    online features, score), over every version and mode."""
+    import httpx
+
+    total = count = 0.0
+    text = httpx.get(metrics_url, timeout=TIMEOUT_S).text
+    for line in text.splitlines():
+        if line.startswith("driftloop_serving_request_duration_seconds_sum{"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("driftloop_serving_request_duration_seconds_count{"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def measure(
+    url: str, kinds: dict[str, list[bytes]], args, metrics_url: str | None = None
+) -> dict[str, dict[str, Any]]:
     results = {}
     for kind, bodies in kinds.items():
         batched = kind.startswith("batched")
         count = args.batched_requests if batched else args.single_requests
         print(f"    {kind}: {count} sequential, then {args.threads} threads for "
               f"{args.seconds:.0f}s ...", flush=True)  # fmt: skip
+        before = replica_seconds(metrics_url) if metrics_url else None
         results[kind] = sequential(url, bodies, count, args.warmup)
+        if metrics_url and before:
+            after = replica_seconds(metrics_url)
+            served = after[1] - before[1]
+            results[kind]["replica_mean"] = (after[0] - before[0]) / served if served else None
         results[kind].update(concurrent(url, bodies, args.threads, args.seconds))
     return results
 
@@ -424,6 +448,12 @@ def timed(fn, repeat: int) -> float:
 
 
 def in_process(store, refs, ids, pyfunc, frames, repeat: int) -> dict[str, float]:
+    from driftloop.app.serving.model import one_warning_filter
+
+    def one_filter(frame):
+        with one_warning_filter():
+            return pyfunc.predict(frame)
+
     return {
         "feast 1": timed(lambda: store.get_online_features(
             features=refs, entity_rows=[{ENTITY: ids[0]}]).to_dict(), repeat),
@@ -431,6 +461,9 @@ def in_process(store, refs, ids, pyfunc, frames, repeat: int) -> dict[str, float
             features=refs, entity_rows=[{ENTITY: i} for i in ids[:100]]).to_dict(), repeat),
         "predict 1": timed(lambda: pyfunc.predict(frames[0]), repeat),
         "predict 100": timed(lambda: pyfunc.predict(frames[1]), repeat),
+        # As the replica scores (driftloop.app.serving.model: why).
+        "predict one filter 1": timed(lambda: one_filter(frames[0]), repeat),
+        "predict one filter 100": timed(lambda: one_filter(frames[1]), repeat),
     }  # fmt: skip
 
 
@@ -559,7 +592,7 @@ def run(args) -> dict[str, Any]:
         print("  driftloop POST /predict ...", flush=True)
         check_answers(f"{serving}/predict", data)
         out["driftloop"] = measure(f"{serving}/predict", {**data["entity"], **data["features"]},
-                                   args)  # fmt: skip
+                                   args, f"{serving}/metrics")  # fmt: skip
 
         print("  mlflow models serve ...", flush=True)
         out["mlflow_start_s"] = server.start()
@@ -633,7 +666,14 @@ def report(out: dict[str, Any], args) -> None:
         ("step (in the benchmark's process)", "1 id / row (ms)", "100 ids / rows (ms)"),
         ("Feast get_online_features, median", _ms(ip["feast 1"]), _ms(ip["feast 100"])),
         ("MLflow pyfunc predict, median", _ms(ip["predict 1"]), _ms(ip["predict 100"])),
-        ("sum", _ms(ip["feast 1"] + ip["predict 1"]), _ms(ip["feast 100"] + ip["predict 100"])),
+        ("... with one warning filter (as the replica), median",
+         _ms(ip["predict one filter 1"]), _ms(ip["predict one filter 100"])),
+        ("sum: Feast + predict with one filter",
+         _ms(ip["feast 1"] + ip["predict one filter 1"]),
+         _ms(ip["feast 100"] + ip["predict one filter 100"])),
+        ("driftloop, inside the replica, by entity: mean",
+         _ms(dl["single by-entity (1 id)"].get("replica_mean")),
+         _ms(dl["batched by-entity (100 ids)"].get("replica_mean"))),
         ("driftloop HTTP by entity, p50",
          _ms(dl["single by-entity (1 id)"]["p50"]), _ms(dl["batched by-entity (100 ids)"]["p50"])),
         ("driftloop HTTP by features, p50",
