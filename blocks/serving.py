@@ -92,7 +92,7 @@ class ServingConfig(DriftloopBlock):
         ),
     )
     log_batch_rows: int = Field(
-        default=500, ge=1, description="The prediction log writes a file every this many rows."
+        default=500, ge=1, description="The prediction log writes a batch every this many rows."
     )
     log_flush_s: float = Field(
         default=5.0, gt=0, description="... or when its oldest unwritten row is this old."

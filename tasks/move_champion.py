@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 from blocks.mlflow import MlflowTracking
 from driftloop.core import names
 from driftloop.core.contracts import ModelVersionRef
+from driftloop.core.errors import RollbackError
 from tasks._policy import IO_RETRIES, UNCACHED
-from tasks.promote_model import ChampionMovedError
 from tasks.registry import alias_version
 
 
@@ -17,7 +17,7 @@ def move_champion(
     tracking: MlflowTracking, champion: ModelVersionRef, target: ModelVersionRef, reason: str
 ) -> None:
     """Point `champion` at `target`, if it still points at `champion` (a promotion in between
-    wins: ChampionMovedError, and nothing moves). Tags the version left behind with
+    wins: RollbackError, not retried, and nothing moves). Tags the version left behind with
     `driftloop.rollback.to_version` and `driftloop.rollback.reason`; its decision stays
     "promoted", so a training of the same data is skipped rather than registered again.
 
@@ -29,7 +29,7 @@ def move_champion(
     if current == target.version:
         get_run_logger().info("%r v%s is the champion already", name, current)
     elif current != champion.version:
-        raise ChampionMovedError(
+        raise RollbackError(
             f"The champion of {name!r} moved from v{champion.version} to v{current} while "
             f"this rollback was planned; not moving it to v{target.version}"
         )

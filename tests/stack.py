@@ -252,12 +252,14 @@ class Stack:
         )  # fmt: skip
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr
         if "--no-labels" not in args:
-            # Announced by add-batch, or, if the new-data check's schedule found the pushed
-            # revision first, by that check (add-batch then says so and does not announce it
-            # a second time).
+            # Announced by add-batch; or, if the new-data check's schedule found the pushed
+            # revision first, by that check; or a training already under way took it as the
+            # newest revision (latest wins). add-batch then says so and does not announce it
+            # a second time.
             assert (
                 "Emitted driftloop.dataset.updated" in pushed.stdout
-                or "was announced already (by the new-data check)" in pushed.stdout
+                or "was announced already (by detect-new-data)" in pushed.stdout
+                or "is covered already: flow run" in pushed.stdout
             ), pushed.stdout
         return self.commits(1)[0]
 

@@ -7,7 +7,7 @@ import pytest
 from blocks import FeastFeatureStore
 from driftloop.core import names
 from driftloop.core.contracts import ChampionEvaluation, DatasetLocation, TableSchema
-from driftloop.core.errors import NoChampionError
+from driftloop.core.errors import NoChampionError, RollbackError
 from driftloop.core.params import (
     DataQualityPolicy,
     FeatureSelection,
@@ -25,6 +25,8 @@ from tasks.get_champion import get_champion
 from tasks.get_historical_features import get_historical_features
 from tasks.load_labeled_entities import load_labeled_entities
 from tasks.log_to_mlflow import log_to_mlflow
+from tasks.move_champion import move_champion
+from tasks.plan_rollback import plan_rollback
 from tasks.promote_model import ChampionMovedError, promote_model
 from tasks.record_decision import record_decision
 from tasks.register_model import register_model_version
@@ -219,3 +221,10 @@ def test_a_rollback_flow_brings_back_an_earlier_champion_and_announces_it(traine
     # Naming a version steps forward again.
     assert roll_back_champion(to_version=3, mlflow_block=mlflow.block_name).to_version == "3"
     assert mlflow.champion() == "3"
+    # A champion moved by someone else between the plan and the move wins: nothing moves.
+    champion = require_champion(mlflow.block)
+    target = plan_rollback(mlflow.block, champion, None)
+    client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "1")
+    with pytest.raises(RollbackError, match="moved from v3 to v1 while this rollback was planned"):
+        move_champion(mlflow.block, champion, target, "too late")
+    assert mlflow.champion() == "1"

@@ -83,7 +83,7 @@ def _announce(revision) -> None:
     """What a post-push hook in a data repo does: tell Prefect a new revision exists. Shares
     the new-data check's once-per-revision claim, so the revision gives one event either way."""
     from blocks.dvc import DvcDataset
-    from driftloop.core.dataset_events import announce_revision
+    from driftloop.core.dataset_events import announce_revision, read_ledger
 
     try:
         dataset = DvcDataset.load_named(names.DEFAULT_BLOCK)
@@ -98,7 +98,14 @@ def _announce(revision) -> None:
         )
         return
     if event_id is None:
-        print(f"{revision.tag} was announced already (by the new-data check)")
+        # Someone claimed it first: the new-data check, or a training that was already
+        # running and found this revision the newest ("latest wins").
+        entry = read_ledger(dataset.name, revision.md5) or {}
+        if entry.get("training_run"):
+            print(f"{revision.tag} is covered already: flow run {entry['training_run']} "
+                  f"trains it (recorded by {entry.get('seen_by') or 'a training'})")  # fmt: skip
+        else:
+            print(f"{revision.tag} was announced already (by {entry.get('seen_by') or '?'})")
     else:
         print(f"Emitted {names.EVENT_DATASET_UPDATED} for {revision.tag} (event {event_id})")
 
