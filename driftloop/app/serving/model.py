@@ -82,8 +82,9 @@ class ServedModel:
 # Why scoring runs with one warning filter: scikit-learn (1.9) runs each tree of a forest's
 # predict through a wrapper (`sklearn.utils.parallel._FuncWrapper`) that re-installs the
 # process's whole list of warning filters, tree by tree, on every call. A replica has about 20
-# filters (Ray, Prefect, MLflow and Feast add them on import): a 200-tree forest's one-row
-# `predict_proba` took 7.9 ms with them and 3.1 ms with one filter (measured on this machine).
+# filters (Ray, Prefect, MLflow and Feast add them on import). The demo champion (a 200-tree
+# forest) took 10.4 ms for a one-row predict with them and 5.6 ms with one filter (`make
+# bench-serving`, the row "... with one warning filter").
 # `catch_warnings` changes process-wide state, so scorings take turns (the GIL runs one
 # prediction at a time anyway); the filter list is restored after each.
 _SCORING = threading.Lock()
