@@ -108,7 +108,11 @@ class SqlPredictionLog:
         from sqlalchemy import create_engine
 
         # pool_pre_ping: a database restarted since the last batch is reconnected, not an error.
-        engine = create_engine(self.url, pool_pre_ping=True, json_serializer=_json, future=True)
+        # connect_timeout: a database that does not answer fails a write instead of hanging it.
+        connect_args = {"connect_timeout": 10} if self.url.startswith("postgresql") else {}
+        engine = create_engine(
+            self.url, pool_pre_ping=True, json_serializer=_json, connect_args=connect_args
+        )
         self.table.metadata.create_all(engine, checkfirst=True)
         return engine
 
@@ -144,6 +148,7 @@ class SqlPredictionLog:
         from sqlalchemy import select
 
         t = self.table
+        start, end = start.astimezone(UTC), end.astimezone(UTC)  # SQLite keeps no offset
         query = select(t).where(
             t.c[plog.COL_MODEL] == model,
             t.c[plog.COL_SERVED_AT] >= start,
@@ -166,10 +171,11 @@ class SqlPredictionLog:
 
 
 def _plain(value: Any) -> Any:
-    """A value JSON can hold: NaN (a missing feature) is null; numpy scalars are Python's."""
+    """A value JSON can hold: NaN (a missing feature) and infinities are null; numpy scalars
+    are Python's."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 

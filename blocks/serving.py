@@ -134,7 +134,7 @@ class ServingConfig(DriftloopBlock):
         """Where what was served is logged: the database of `prediction_log_url`, else
         parquet files in `prediction_log_dir`, else in `default_dir` (the state folder's
         `served/`, from the settings)."""
-        if self.prediction_log_url is not None:
+        if self.prediction_log_url is not None and self.prediction_log_url.get_secret_value():
             return SqlPredictionLog(self.prediction_log_url.get_secret_value())
         return ParquetPredictionLog(
             Path(self.prediction_log_dir) if self.prediction_log_dir else default_dir
@@ -143,7 +143,7 @@ class ServingConfig(DriftloopBlock):
     def check(self, ref: str) -> None:
         if self.url and not self.url.startswith(("http://", "https://")):
             raise BlockConfigurationError(f"Block {ref!r}: url {self.url!r} is not an http(s) URL")
-        if self.prediction_log_url is not None:
+        if self.prediction_log_url is not None and self.prediction_log_url.get_secret_value():
             from sqlalchemy.engine import make_url
 
             try:

@@ -36,7 +36,8 @@ def roll_back_champion(
 
     Only a version that passed its gate once (decision `promoted`) can come back; anything
     else fails with a message naming the version, and the champion does not move. A training
-    that promotes in the meantime wins: the rollback then fails and moves nothing.
+    that promotes between the plan and the move wins: the rollback then fails and moves
+    nothing. Resumed after an interruption, it finishes the rollback it had started.
 
     Args:
         to_version: The version to bring back. Empty: the champion the current one replaced
@@ -46,6 +47,8 @@ def roll_back_champion(
     """
     tracking = MlflowTracking.load_named(mlflow_block)
     champion = get_required_champion(tracking)
-    target = plan_rollback(tracking, champion, None if to_version is None else str(to_version))
-    move_champion(tracking, champion, target, reason)
-    return announce_rollback(champion, target, reason)
+    source, target = plan_rollback(
+        tracking, champion, None if to_version is None else str(to_version)
+    )
+    move_champion(tracking, source, target, reason)
+    return announce_rollback(source, target, reason)

@@ -147,3 +147,22 @@ def test_past_the_pending_bound_the_oldest_rows_are_dropped_loudly():
     store.failures = 0
     log.close()
     assert len(store.written) == 8
+
+
+def test_what_the_store_still_refuses_at_close_is_counted_as_dropped():
+    store = FlakyStore(math.inf)  # type: ignore[arg-type]
+    errors: list[str] = []
+    log = PredictionLogWriter(store, batch_rows=100, flush_s=60, on_error=errors.append)
+    log.append("m", rows(3))
+    log.close()
+    assert (log.written_rows, log.dropped_rows) == (0, 3)
+    assert errors == ["prediction_log", "prediction_log_dropped"]
+
+
+def test_an_infinite_feature_is_stored_as_missing_not_refused(tmp_path: Path):
+    store = SqlPredictionLog(f"sqlite:///{tmp_path / 'served.db'}")
+    batch = rows(2)
+    batch[1]["tenure"] = float("inf")
+    store.write("m", batch)
+    frame = store.read("m", NOW - timedelta(minutes=1), NOW + timedelta(minutes=1))
+    assert frame["tenure"].isna().tolist() == [True, True]

@@ -21,7 +21,7 @@ def test_scoring_with_one_warning_filter_predicts_the_same_and_restores_the_filt
     warnings.filterwarnings("ignore", message="a filter of this test")
     expected = forest.predict_proba(features[:5])
     with one_warning_filter():
-        assert warnings.filters == [("default", None, Warning, None, 0)]
+        assert warnings.filters == [("ignore", None, Warning, None, 0)]
         got = forest.predict_proba(features[:5])
     np.testing.assert_array_equal(got, expected)
     assert warnings.filters[0][1] is not None  # this test's own filter is back, first

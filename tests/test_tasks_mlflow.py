@@ -223,8 +223,44 @@ def test_a_rollback_flow_brings_back_an_earlier_champion_and_announces_it(traine
     assert mlflow.champion() == "3"
     # A champion moved by someone else between the plan and the move wins: nothing moves.
     champion = require_champion(mlflow.block)
-    target = plan_rollback(mlflow.block, champion, None)
+    source, target = plan_rollback(mlflow.block, champion, None)
     client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "1")
     with pytest.raises(RollbackError, match="moved from v3 to v1 while this rollback was planned"):
-        move_champion(mlflow.block, champion, target, "too late")
+        move_champion(mlflow.block, source, target, "too late")
     assert mlflow.champion() == "1"
+
+
+def test_a_resumed_rollback_finishes_its_own_move_instead_of_stepping_back_again(
+    trained, tmp_path, monkeypatch
+):
+    """driftloop resumes an interrupted run with the same parameters. A rollback interrupted
+    after it moved the alias (before announcing it) must not step back a second time."""
+    from prefect.logging import disable_run_logger
+
+    mlflow = make_mlflow(tmp_path)
+    run = log(trained, mlflow)
+    client, name = mlflow.client(), mlflow.model_name
+    client.create_registered_model(name)
+    for compared_to in (None, "1", "2"):
+        version = client.create_model_version(name, run.model_uri, run.run_id).version
+        client.set_model_version_tag(name, version, names.TAG_DECISION, names.DECISION_PROMOTED)
+        if compared_to:
+            client.set_model_version_tag(name, version, names.TAG_COMPARED_TO, compared_to)
+    client.set_registered_model_alias(name, names.ALIAS_CHAMPION, "3")
+    # The task functions themselves, as one flow run would call them (its id from the
+    # environment, as Prefect's runtime reads it outside a run context).
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "an-interrupted-rollback")
+    with disable_run_logger():
+        source, target = plan_rollback.fn(mlflow.block, require_champion(mlflow.block), None)
+        assert (source.version, target.version) == ("3", "2")
+        move_champion.fn(mlflow.block, source, target, "slow answers")
+        # Interrupted here; the resumed run sees v2 as the champion, and finishes v3 -> v2.
+        again = plan_rollback.fn(mlflow.block, require_champion(mlflow.block), None)
+        assert (again[0].version, again[1].version) == ("3", "2")
+        move_champion.fn(mlflow.block, *again, "slow answers")
+    assert mlflow.champion() == "2"
+    # Another run (another id) steps back from v2 as asked.
+    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "a-later-rollback")
+    with disable_run_logger():
+        later = plan_rollback.fn(mlflow.block, require_champion(mlflow.block), None)
+    assert (later[0].version, later[1].version) == ("2", "1")

@@ -91,6 +91,9 @@ def _announce(revision) -> None:
             dataset.name, revision.commit, revision.md5, revision.rows, revision.path,
             by="driftloop add-batch",
         )  # fmt: skip
+        # Claimed first by someone else: the new-data check, or a training that was already
+        # running and found this revision the newest ("latest wins").
+        entry = (read_ledger(dataset.name, revision.md5) or {}) if event_id is None else {}
     except Exception as exc:  # the server may be down; the scheduled check catches up
         print(
             f"Could not announce {revision.tag} to Prefect ({type(exc).__name__}: {exc}).\n"
@@ -98,9 +101,6 @@ def _announce(revision) -> None:
         )
         return
     if event_id is None:
-        # Someone claimed it first: the new-data check, or a training that was already
-        # running and found this revision the newest ("latest wins").
-        entry = read_ledger(dataset.name, revision.md5) or {}
         if entry.get("training_run"):
             print(f"{revision.tag} is covered already: flow run {entry['training_run']} "
                   f"trains it (recorded by {entry.get('seen_by') or 'a training'})")  # fmt: skip

@@ -115,6 +115,7 @@ TAG_COMPARED_TO = "driftloop.gate.compared_to_version"
 # Its decision stays "promoted", so training its data again does not register it twice.
 TAG_ROLLED_BACK_TO = "driftloop.rollback.to_version"
 TAG_ROLLBACK_REASON = "driftloop.rollback.reason"
+TAG_ROLLBACK_FLOW_RUN = "driftloop.rollback.flow_run_id"
 
 TAG_TRIAL_NUMBER = "driftloop.trial.number"
 TAG_TRIAL_STATE = "driftloop.trial.state"

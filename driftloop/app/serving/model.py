@@ -85,18 +85,20 @@ class ServedModel:
 # filters (Ray, Prefect, MLflow and Feast add them on import). The demo champion (a 200-tree
 # forest) took 10.4 ms for a one-row predict with them and 5.6 ms with one filter (`make
 # bench-serving`, the row "... with one warning filter").
-# `catch_warnings` changes process-wide state, so scorings take turns (the GIL runs one
-# prediction at a time anyway); the filter list is restored after each.
+# The one filter ignores: any change of filters resets Python's "shown once" records, so a
+# "default" filter would print a model's warning on every request. What a model warns about
+# is shown when it is loaded: its warm-up scores with the process's own filters.
+# `catch_warnings` changes process-wide state: scorings take turns, and another thread of the
+# replica that warns meanwhile (the alias poll, the log writer) sees the one filter too.
 _SCORING = threading.Lock()
 
 
 @contextmanager
 def one_warning_filter() -> Iterator[None]:
-    """Score with Python's default warning action only (each warning shown once per place),
-    then put the process's filters back."""
+    """Score with one warning filter, which ignores, then put the process's filters back."""
     with _SCORING, warnings.catch_warnings():
         warnings.resetwarnings()
-        warnings.simplefilter("default")
+        warnings.simplefilter("ignore")
         yield
 
 
@@ -165,10 +167,12 @@ def load_alias(
 
 def _warm_up(served: ServedModel) -> None:
     """Score one row with every feature missing, so that the first request does not pay for
-    lazy initialisation, and a model that cannot impute is refused before it is swapped in."""
+    lazy initialisation, and a model that cannot impute is refused before it is swapped in.
+    With the process's own warning filters: what the model warns about is shown here, once."""
     import pandas as pd
 
-    served.score(pd.DataFrame({name: [None] for name in served.feature_names}))
+    frame = pd.DataFrame({name: [None] for name in served.feature_names})
+    positive_proba(served.pyfunc.predict(feature_matrix(frame, served.columns)))
 
 
 def online_values(

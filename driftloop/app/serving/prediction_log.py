@@ -60,12 +60,14 @@ class PredictionLogWriter:
         self._thread.start()
 
     def append(self, model: str, rows: list[dict[str, Any]]) -> None:
-        """Add rows; the writer thread writes them soon (at once if a batch is full)."""
+        """Add rows; the writer thread writes them soon (at once if a batch is full). Past
+        `max_pending_rows` (a write that hangs or keeps failing) the oldest are dropped."""
         with self._lock:
             self._rows.setdefault(model, []).extend(rows)
             if self._oldest is None:
                 self._oldest = time.monotonic()
             full = self._pending() >= self.batch_rows
+            self._drop_excess()
         if full:
             self._wake.set()
 
@@ -85,8 +87,11 @@ class PredictionLogWriter:
         while not self._closed.is_set():
             self._wake.wait(timeout=min(self.flush_s, 1.0))
             self._wake.clear()
-            if self._due():
-                self.flush()
+            try:
+                if self._due():
+                    self.flush()
+            except Exception:  # the writer must outlive any one failure
+                logger.exception("The prediction log writer failed; it carries on")
 
     def flush(self) -> None:
         """Write every pending row now (one batch per model). A batch the store refused goes
@@ -102,7 +107,7 @@ class PredictionLogWriter:
                     self.store.write(model, rows)
                 except Exception as exc:
                     failed[model] = rows
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = _describe(exc)
                     self.on_error("prediction_log")
                     logger.warning(
                         "The prediction log at %s refused %d rows; kept for the next "
@@ -120,7 +125,12 @@ class PredictionLogWriter:
                 self._rows[model] = rows + self._rows.get(model, [])
             if self._oldest is None:
                 self._oldest = time.monotonic()
-            excess = self._pending() - self.max_pending_rows
+            self._drop_excess()
+
+    def _drop_excess(self, limit: int | None = None) -> None:
+        """Drop the oldest pending rows beyond `limit` (held: self._lock), loudly."""
+        excess = self._pending() - (self.max_pending_rows if limit is None else limit)
+        if excess > 0:
             for model, rows in self._rows.items():
                 if excess <= 0:
                     break
@@ -131,14 +141,25 @@ class PredictionLogWriter:
                 self.on_error("prediction_log_dropped")
                 logger.error(
                     "Dropped the %d oldest unwritten prediction-log rows of %r: the log at "
-                    "%s has refused writes while more than %d rows waited (%s)",
-                    dropped, model, self.store.where(model), self.max_pending_rows,
-                    self.last_error,
+                    "%s has not taken them (%s)",
+                    dropped, model, self.store.where(model), self.last_error or "no error yet",
                 )  # fmt: skip
 
     def close(self) -> None:
-        """Stop the thread and write what is pending (once more if the store refuses)."""
+        """Stop the thread and write what is pending. What the store still refuses then is
+        counted and logged as dropped: there is no later flush."""
         self._closed.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        # Ray Serve gives a stopping replica 10 s (graceful_shutdown_timeout_s) in all.
+        self._thread.join(timeout=3)
         self.flush()
+        with self._lock:
+            self._drop_excess(limit=0)
+
+
+def _describe(exc: Exception) -> str:
+    """A write error for logs and `/model`: its type and first line, never the statement's
+    parameters (SQLAlchemy appends them, and they are served data)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
