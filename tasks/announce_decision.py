@@ -26,6 +26,22 @@ def decision_payload(decision: PromotionDecision) -> dict[str, object]:
     }
 
 
+def emit_model_event(event_name: str, model_name: str, payload: dict[str, object]) -> str:
+    """Emit an event about a registered model and wait until the server stored it; its id."""
+    event = emit_event(
+        event=event_name,
+        resource={
+            "prefect.resource.id": names.model_resource_id(model_name),
+            "prefect.resource.name": model_name,
+        },
+        payload=payload,
+    )
+    if event is None:
+        raise RuntimeError(f"Could not emit {event_name} for {model_name!r}")
+    confirm_event(event.id)
+    return str(event.id)
+
+
 def find_decision_event(
     event_name: str, model_name: str, version: str, flow_run_id: str
 ) -> str | None:
@@ -67,18 +83,7 @@ def announce_decision(decision: PromotionDecision, tracking: MlflowTracking) -> 
     flow_run_id = runtime_flow_run.get_id()
     event_id = find_decision_event(event_name, name, version, flow_run_id) if flow_run_id else None
     if event_id is None:
-        event = emit_event(
-            event=event_name,
-            resource={
-                "prefect.resource.id": names.model_resource_id(name),
-                "prefect.resource.name": name,
-            },
-            payload=decision_payload(decision),
-        )
-        if event is None:
-            raise RuntimeError(f"Could not emit {event_name} for {name!r}")
-        confirm_event(event.id)
-        event_id = str(event.id)
+        event_id = emit_model_event(event_name, name, decision_payload(decision))
         logger.info("Emitted %s for %r v%s", event_name, name, version)
     else:
         logger.info("%r v%s was announced already (event %s)", name, version, event_id)

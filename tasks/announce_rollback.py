@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.events import emit_event
 from prefect.runtime import flow_run as runtime_flow_run
 
 from driftloop.core import names
 from driftloop.core.contracts import ModelVersionRef, Rollback
-from driftloop.core.events import confirm_event
 from tasks._policy import IO_RETRIES, UNCACHED
-from tasks.announce_decision import find_decision_event
+from tasks.announce_decision import emit_model_event, find_decision_event
 
 
 @task(name="announce-rollback", cache_policy=UNCACHED, **IO_RETRIES)
@@ -31,24 +29,16 @@ def announce_rollback(champion: ModelVersionRef, target: ModelVersionRef, reason
         else None
     )
     if event_id is None:
-        event = emit_event(
-            event=names.EVENT_MODEL_PROMOTED,
-            resource={
-                "prefect.resource.id": names.model_resource_id(name),
-                "prefect.resource.name": name,
-            },
-            payload={
+        event_id = emit_model_event(
+            names.EVENT_MODEL_PROMOTED, name,
+            {
                 "version": target.version,
                 "previous_version": champion.version,
                 names.PAYLOAD_ROLLED_BACK_FROM: champion.version,
                 names.PAYLOAD_REASON: said,
                 names.PAYLOAD_MLFLOW_URL: target.url,
             },
-        )
-        if event is None:
-            raise RuntimeError(f"Could not emit {names.EVENT_MODEL_PROMOTED} for {name!r}")
-        confirm_event(event.id)
-        event_id = str(event.id)
+        )  # fmt: skip
     get_run_logger().info("%r v%s is the champion again (%s)", name, target.version, said)
     return Rollback(
         model_name=name, from_version=champion.version, to_version=target.version,

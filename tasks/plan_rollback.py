@@ -3,8 +3,6 @@ driftloop.core.rollback), checked against every version the registry holds."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run as runtime_flow_run
 
@@ -13,6 +11,7 @@ from driftloop.core import names
 from driftloop.core.contracts import ModelVersionRef
 from driftloop.core.rollback import rollback_target
 from tasks._policy import IO_RETRIES, UNCACHED
+from tasks.registry import version_ref
 
 
 @task(name="plan-rollback", cache_policy=UNCACHED, **IO_RETRIES)
@@ -43,22 +42,10 @@ def plan_rollback(
             "Resuming this run's rollback of %r from v%s to v%s",
             champion.name, source.version, target.version,
         )  # fmt: skip
-        return _ref(tracking, champion.name, source), _ref(tracking, champion.name, target)
+        return version_ref(tracking, source), version_ref(tracking, target)
     decisions = {version: v.tags.get(names.TAG_DECISION) for version, v in by_version.items()}
     target = by_version[rollback_target(champion, to_version, decisions)]
     get_run_logger().info(
         "Rolling %r back from v%s to v%s", champion.name, champion.version, target.version
     )
-    return champion, _ref(tracking, champion.name, target)
-
-
-def _ref(tracking: MlflowTracking, name: str, version: Any) -> ModelVersionRef:
-    return ModelVersionRef(
-        name=name,
-        version=str(version.version),
-        run_id=version.run_id,
-        url=tracking.model_version_url(str(version.version)),
-        decision=version.tags.get(names.TAG_DECISION),
-        compared_to=version.tags.get(names.TAG_COMPARED_TO),
-        fitted_until=version.tags.get(names.TAG_FITTED_UNTIL),
-    )
+    return champion, version_ref(tracking, target)

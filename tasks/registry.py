@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from blocks.mlflow import MlflowTracking
 from driftloop.core import names
@@ -60,9 +60,15 @@ def find_champion(tracking: MlflowTracking) -> ModelVersionRef | None:
     version = alias_version(client, name, names.ALIAS_CHAMPION)
     if version is None:
         return None
-    found = client.get_model_version(name, version)
+    return version_ref(tracking, client.get_model_version(name, version))
+
+
+def version_ref(tracking: MlflowTracking, found: Any) -> ModelVersionRef:
+    """An MLflow `ModelVersion` as driftloop refers to it: with its decision tags and its
+    page in the MLflow UI."""
+    version = str(found.version)
     return ModelVersionRef(
-        name=name,
+        name=found.name,
         version=version,
         run_id=found.run_id,
         url=tracking.model_version_url(version),
