@@ -24,9 +24,10 @@ then measures over HTTP, with keep-alive connections (one `httpx.Client` per thr
    after the switch. Then the same back to the first version.
 4. **In process**, in the benchmark's own process on the same machine: the Feast online
    lookup alone and the MLflow pyfunc's `predict` alone, on 1 and 100 rows, also with one
-   warning filter as the replica scores; beside them, the mean time inside the replica (the
-   application's own latency histogram, read from `/metrics` around the sequential runs):
-   where the serving time goes.
+   warning filter as the replica scores; the replica's whole scoring step (`ServedModel.score`,
+   the champion loaded as a replica loads it) by the MLflow pyfunc and by its compiled ONNX
+   form; beside them, the mean time inside the replica (the application's own latency
+   histogram, read from `/metrics` around the sequential runs): where the serving time goes.
 
 The client threads run in the benchmark's process on the same machine as the service, so
 throughput is that of the whole machine (clients included). No timing is asserted anywhere.
@@ -447,12 +448,23 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(values)
 
 
-def in_process(store, refs, ids, pyfunc, frames, repeat: int) -> dict[str, float]:
+def in_process(store, refs, ids, pyfunc, served, frames, repeat: int) -> dict[str, float]:
+    """`served`: the champion as a replica loads it (`load_alias`), compiled if it can be."""
+    import dataclasses
+
     from driftloop.app.serving.model import one_warning_filter
 
     def one_filter(frame):
         with one_warning_filter():
             return pyfunc.predict(frame)
+
+    uncompiled = dataclasses.replace(served, compiled=None)
+    scorers = {}
+    if served.compiled is not None:
+        scorers = {
+            "score onnx 1": timed(lambda: served.score(frames[0]), repeat),
+            "score onnx 100": timed(lambda: served.score(frames[1]), repeat),
+        }
 
     return {
         "feast 1": timed(lambda: store.get_online_features(
@@ -464,7 +476,26 @@ def in_process(store, refs, ids, pyfunc, frames, repeat: int) -> dict[str, float
         # As the replica scores (driftloop.app.serving.model: why).
         "predict one filter 1": timed(lambda: one_filter(frames[0]), repeat),
         "predict one filter 100": timed(lambda: one_filter(frames[1]), repeat),
+        # The replica's whole scoring step (feature_matrix included), both ways.
+        "score pyfunc 1": timed(lambda: uncompiled.score(frames[0]), repeat),
+        "score pyfunc 100": timed(lambda: uncompiled.score(frames[1]), repeat),
+        **scorers,
     }  # fmt: skip
+
+
+def load_served(stack: Stack) -> Any:
+    """The champion loaded as a replica loads it, in this process (the stack's MLflow and
+    Feast repo, blocks built here instead of read from the stack's Prefect server)."""
+    from blocks.feast import FeastFeatureStore
+    from blocks.mlflow import MlflowTracking
+    from driftloop.app.serving.model import load_alias
+
+    tracking = MlflowTracking(tracking_uri=stack.mlflow, registered_model_name=MODEL)
+    feast = FeastFeatureStore(repo_path=str(stack.root / "feature_repo"))
+    served = load_alias(tracking, feast, feast.store(), ALIAS)
+    if served is None:
+        raise RuntimeError(f"{MODEL} has no {ALIAS!r} alias")
+    return served
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -586,8 +617,14 @@ def run(args) -> dict[str, Any]:
         pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@{ALIAS}")
         frames = [pd.DataFrame(data["rows"][:1], columns=data["names"]),
                   pd.DataFrame(data["rows"][:100], columns=data["names"])]  # fmt: skip
-        out["inproc"] = in_process(data["store"], data["refs"], data["ids"], pyfunc, frames,
-                                   args.repeat)  # fmt: skip
+        served = load_served(stack)
+        out["scorer"] = {
+            "scorer": served.scorer,
+            "note": served.scorer_note,
+            "parity": served.compiled.describe() if served.compiled else None,
+        }
+        out["inproc"] = in_process(data["store"], data["refs"], data["ids"], pyfunc, served,
+                                   frames, args.repeat)  # fmt: skip
 
         print("  driftloop POST /predict ...", flush=True)
         check_answers(f"{serving}/predict", data)
@@ -668,9 +705,10 @@ def report(out: dict[str, Any], args) -> None:
         ("MLflow pyfunc predict, median", _ms(ip["predict 1"]), _ms(ip["predict 100"])),
         ("... with one warning filter (as the replica), median",
          _ms(ip["predict one filter 1"]), _ms(ip["predict one filter 100"])),
-        ("sum: Feast + predict with one filter",
-         _ms(ip["feast 1"] + ip["predict one filter 1"]),
-         _ms(ip["feast 100"] + ip["predict one filter 100"])),
+        ("replica's scoring step, MLflow pyfunc with one filter",
+         _ms(ip["score pyfunc 1"]), _ms(ip["score pyfunc 100"])),
+        (f"replica's scoring step, compiled (ONNX) [served: {out['scorer']['scorer']}]",
+         _ms(ip.get("score onnx 1")), _ms(ip.get("score onnx 100"))),
         ("driftloop, inside the replica, by entity: mean",
          _ms(dl["single by-entity (1 id)"].get("replica_mean")),
          _ms(dl["batched by-entity (100 ids)"].get("replica_mean"))),
@@ -685,6 +723,11 @@ def report(out: dict[str, Any], args) -> None:
     ]  # fmt: skip
     print()
     print(table(rows, f"Where the time goes: in-process medians of {args.repeat}, same run"))
+    scorer = out["scorer"]
+    print(
+        f"  served by: {scorer['scorer']}"
+        + (f" (parity: {scorer['parity']})" if scorer["parity"] else f" ({scorer['note']})")
+    )
 
     d = out["data"]
     print()

@@ -60,6 +60,14 @@ class ServingConfig(DriftloopBlock):
         ),
     )
     num_replicas: int = Field(default=1, ge=1, le=16, description="Ray Serve replicas.")
+    compiled_scoring: bool = Field(
+        default=True,
+        description=(
+            "Score with the model's ONNX form (skl2onnx, ONNX Runtime) where it gives the "
+            "MLflow model's answers, checked on the version's training sample when it loads; "
+            "otherwise, or when off, the MLflow pyfunc scores. `GET /model` names the scorer."
+        ),
+    )
     shadow_challenger: bool = Field(
         default=False,
         description=(

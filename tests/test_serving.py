@@ -276,6 +276,48 @@ def test_a_second_version_is_registered_as_challenger_and_scores_in_shadow(serve
     assert by_role == {plog.ROLE_CHAMPION: ["1"] * 3, plog.ROLE_SHADOW: ["2"] * 3}
 
 
+def test_each_version_scores_as_its_mlflow_model_does_compiled_where_it_can(served):
+    """What the replica answered and logged, for the champion (v1, gradient boosting) and the
+    shadow (v2, a logistic regression), is what each MLflow model gives for the logged
+    features, whichever scorer answered; `/model` names the scorer, and why not ONNX."""
+    from blocks.feast import FeastFeatureStore
+    from driftloop.app.serving.model import load_alias
+
+    state = served.http.get("/model").json()
+    for role in ("champion", "shadow"):
+        model = state[role]
+        if model["scorer"] == "onnx":
+            assert model["parity"]["parity_rows"] > 100, model
+            assert model["parity"]["max_difference"] < 1e-5, model
+        else:
+            assert (model["scorer"], bool(model["scorer_note"])) == ("mlflow-pyfunc", True)
+    # skl2onnx converts a logistic regression: v2 is served compiled.
+    assert state["shadow"]["scorer"] == "onnx", state["shadow"]
+
+    body = served.predict({ENTITY: served.online_entities(25)}).json()
+    deadline = time.monotonic() + 30
+    while True:
+        rows = served.log_rows()
+        mine = rows[rows[plog.COL_REQUEST_ID] == body["request_id"]] if len(rows) else rows
+        if len(mine) == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(mine) == 50, mine
+    feast = FeastFeatureStore.load(served.demo.feast_block)
+    tracking = served.mlflow.block
+    for role, alias in ((plog.ROLE_CHAMPION, names.ALIAS_CHAMPION),
+                        (plog.ROLE_SHADOW, names.ALIAS_CHALLENGER)):  # fmt: skip
+        pyfunc = load_alias(tracking, feast, feast.store(), alias, compiled=False)
+        assert pyfunc is not None and pyfunc.scorer == "mlflow-pyfunc"
+        logged = mine[mine[plog.COL_ROLE] == role]
+        assert list(logged[plog.COL_VERSION].unique()) == [pyfunc.version]
+        expected = pyfunc.score(logged[pyfunc.feature_names].reset_index(drop=True))
+        assert list(logged[names.SCORE_COLUMN]) == pytest.approx(list(expected), abs=1e-5)
+    champion_scores = [p["score"] for p in body["predictions"]]
+    logged = mine[mine[plog.COL_ROLE] == plog.ROLE_CHAMPION]
+    assert champion_scores == pytest.approx(list(logged[names.SCORE_COLUMN]), abs=1e-12)
+
+
 def _wait_for_version(served: Served, version: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while served.served_version() != version:

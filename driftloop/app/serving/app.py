@@ -113,20 +113,22 @@ class ChampionServer:
         holds up a promotion."""
         with self._reload:
             errors = []
+            compiled = self.config.compiled_scoring
             try:
-                self._swap_champion(
-                    load_alias(
-                        self.tracking, self.feast, self.store, names.ALIAS_CHAMPION, self.champion
-                    )
-                )
+                champion = load_alias(
+                    self.tracking, self.feast, self.store, names.ALIAS_CHAMPION,
+                    self.champion, compiled,
+                )  # fmt: skip
+                self._swap_champion(champion)
             except Exception as exc:
                 errors.append(f"champion: {type(exc).__name__}: {exc}")
             shadow = None
             if self.config.shadow_challenger:
                 try:
                     shadow = load_alias(
-                        self.tracking, self.feast, self.store, names.ALIAS_CHALLENGER, self.shadow
-                    )
+                        self.tracking, self.feast, self.store, names.ALIAS_CHALLENGER,
+                        self.shadow, compiled,
+                    )  # fmt: skip
                 except Exception as exc:
                     errors.append(f"challenger: {type(exc).__name__}: {exc}")
             champion = self.champion

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import warnings
@@ -21,12 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 from blocks.feast import FeastFeatureStore
 from blocks.mlflow import MlflowTracking
+from driftloop.app.serving.compiled import (
+    SCORER_ONNX,
+    SCORER_PYFUNC,
+    CompiledModel,
+    NotCompiled,
+    compile_model,
+)
 from driftloop.core.contracts import FeatureColumn, ModelVersionRef, ResolvedFeatures
 from driftloop.core.errors import FeatureRetrievalError
 from driftloop.core.modeling import feature_matrix, positive_proba
 from driftloop.core.serving import EntityKey, InputColumn, input_columns
 from tasks.load_champion_model import check_signature
-from tasks.load_champion_reference import champion_features
+from tasks.load_champion_reference import champion_features, load_champion_reference
 from tasks.registry import alias_version
 from tasks.resolve_features import read_feature_definitions
 
@@ -34,6 +42,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     from feast import FeatureStore
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,10 @@ class ServedModel:
     pyfunc: Any
     columns: tuple[FeatureColumn, ...]
     keys: tuple[EntityKey, ...]
+    # The ONNX form where it gives the pyfunc's answers (driftloop/app/serving/compiled.py);
+    # else None, and `scorer_note` says why.
+    compiled: CompiledModel | None = None
+    scorer_note: str | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @cached_property
@@ -62,9 +76,16 @@ class ServedModel:
     def inputs(self) -> tuple[InputColumn, ...]:
         return input_columns(self.columns)
 
+    @property
+    def scorer(self) -> str:
+        return SCORER_ONNX if self.compiled is not None else SCORER_PYFUNC
+
     def score(self, frame: pd.DataFrame) -> np.ndarray:
-        """Positive-class probabilities, through the same `feature_matrix` as training."""
+        """Positive-class probabilities, through the same `feature_matrix` as training: by
+        the compiled form if there is one, else by the MLflow pyfunc."""
         matrix = feature_matrix(frame, self.columns)
+        if self.compiled is not None:
+            return self.compiled.score(matrix)
         with one_warning_filter():
             return positive_proba(self.pyfunc.predict(matrix))
 
@@ -75,6 +96,9 @@ class ServedModel:
             "alias": self.alias,
             "features": self.refs,
             "entity_keys": [k.name for k in self.keys],
+            "scorer": self.scorer,
+            "scorer_note": self.scorer_note,
+            "parity": self.compiled.describe() if self.compiled else None,
             "loaded_at": self.loaded_at,
         }
 
@@ -123,10 +147,11 @@ def entity_keys(store: FeatureStore, refs: list[str]) -> tuple[EntityKey, ...]:
 
 def load_alias(
     tracking: MlflowTracking, feast: FeastFeatureStore, store: FeatureStore, alias: str,
-    current: ServedModel | None = None,
+    current: ServedModel | None = None, compiled: bool = True,
 ) -> ServedModel | None:  # fmt: skip
     """The version `alias` points to, loaded; `current` itself if it is that version already;
-    None if the alias does not exist (no champion yet, no challenger).
+    None if the alias does not exist (no champion yet, no challenger). With `compiled`, its
+    ONNX form scores if it gives the same answers (`compile_model`); the pyfunc otherwise.
 
     Raises what goes wrong (an unreachable registry, features missing from Feast, a signature
     that does not match the features): the caller keeps serving what it has.
@@ -153,6 +178,13 @@ def load_alias(
     )
     pyfunc = mlflow.pyfunc.load_model(ref.uri)
     check_signature(pyfunc, ref, resolved)
+    compiled_model, note = None, "compiled scoring is off in the serving block"
+    if compiled:
+        try:
+            compiled_model, note = _compile(pyfunc, ref, tracking, definitions.columns), None
+        except NotCompiled as exc:
+            note = str(exc)
+            logger.warning("%s v%s is scored by its MLflow pyfunc: %s", name, version, note)
     served = ServedModel(
         name=name,
         version=version,
@@ -160,9 +192,32 @@ def load_alias(
         pyfunc=pyfunc,
         columns=definitions.columns,
         keys=entity_keys(store, resolved.refs),
+        compiled=compiled_model,
+        scorer_note=note,
     )
     _warm_up(served)
     return served
+
+
+def _compile(
+    pyfunc: Any, ref: ModelVersionRef, tracking: MlflowTracking,
+    columns: tuple[FeatureColumn, ...],
+) -> CompiledModel:  # fmt: skip
+    """The version's ONNX form, checked against it on its own training sample."""
+    try:
+        pipeline = pyfunc.get_raw_model()
+    except NotImplementedError as exc:
+        raise NotCompiled(f"{ref.uri} is not a scikit-learn model") from exc
+    from prefect.logging import disable_run_logger
+
+    try:
+        with disable_run_logger():  # the task's own function, outside any run
+            sample = load_champion_reference.fn(ref, tracking)
+    except Exception as exc:  # no sample, no parity check: never compiled unchecked
+        raise NotCompiled(
+            f"its training sample could not be read to check parity ({type(exc).__name__}: {exc})"
+        ) from exc
+    return compile_model(pipeline, columns, sample)
 
 
 def _warm_up(served: ServedModel) -> None:
