@@ -353,7 +353,11 @@ class ChampionServer:
         ids: dict[str, list[Any]], frame: Any, scores: Any, imputed: list[list[str]],
     ) -> None:  # fmt: skip
         now = datetime.now(UTC)
-        records = frame.to_dict(orient="records")
+        # Column by column (`tolist` gives Python values, as `to_dict` would): `to_dict(
+        # orient="records")` cost a sixth of a one-row request.
+        features = list(frame.columns)
+        records = [dict(zip(features, row, strict=True))
+                   for row in zip(*(frame[f].tolist() for f in features), strict=True)]  # fmt: skip
         rows = [
             {plog.COL_SERVED_AT: now, plog.COL_REQUEST_ID: request_id,
              plog.COL_MODEL: served.name, plog.COL_VERSION: served.version,
