@@ -257,6 +257,41 @@ def test_a_categorical_feature_stays_text_even_when_every_value_is_missing():
     assert matrix["plan"].isna().all()
 
 
+def test_the_model_input_types_each_kind_of_feature_and_keeps_the_index():
+    import numpy as np
+    import pandas as pd
+
+    from driftloop.core.contracts import FeatureColumn
+    from driftloop.core.modeling import feature_matrix
+
+    def column(name: str, kind: str) -> FeatureColumn:
+        return FeatureColumn(name=name, ref=f"v:{name}", feast_type="-", kind=kind)
+
+    frame = pd.DataFrame(
+        {"f": [1.5, None, 3.0], "i": pd.array([1, None, 3], dtype="Int64"),
+         "t": ["1", "2.5", None], "c": ["x", None, 2.0], "b": [True, False, None]},
+        index=[7, 3, 9],
+    )  # fmt: skip
+    kinds = {"f": "numeric", "i": "numeric", "t": "numeric", "c": "categorical", "b": "boolean"}
+    matrix = feature_matrix(frame, [column(n, k) for n, k in kinds.items()])
+    assert list(matrix.index) == [7, 3, 9]
+    assert {n: str(t) for n, t in matrix.dtypes.items()} == {
+        "f": "float64",
+        "i": "float64",
+        "t": "float64",
+        "c": "object",
+        "b": "float64",
+    }
+    np.testing.assert_array_equal(matrix["i"], [1.0, np.nan, 3.0])
+    np.testing.assert_array_equal(matrix["t"], [1.0, 2.5, np.nan])
+    np.testing.assert_array_equal(matrix["b"], [1.0, 0.0, np.nan])
+    # Text stays text, a missing value is NaN (the imputer's marker), a float stays a float.
+    assert matrix["c"].iloc[0] == "x" and np.isnan(matrix["c"].iloc[1])
+    assert matrix["c"].iloc[2] == 2.0 and isinstance(matrix["c"].iloc[2], float)
+    with pytest.raises(ValueError):
+        feature_matrix(pd.DataFrame({"t": ["one"]}), [column("t", "numeric")])
+
+
 HISTORY = {"1": names.DECISION_PROMOTED, "2": names.DECISION_PROMOTED,
            "3": names.DECISION_REJECTED, "4": None}  # fmt: skip
 
