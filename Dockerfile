@@ -23,7 +23,8 @@ ENV DO_NOT_TRACK=true \
     RAY_USAGE_STATS_ENABLED=0 \
     DVC_NO_ANALYTICS=1 \
     EVIDENTLY_DISABLE_TELEMETRY=1 \
-    ITERATIVE_DO_NOT_TRACK=1
+    ITERATIVE_DO_NOT_TRACK=1 \
+    ORT_DISABLE_TELEMETRY=1
 
 # uv: the image's own Python 3.11, never a downloaded one; the environment in /app/.venv; no
 # package cache left in a layer; bytecode compiled once here, not by each container at start.

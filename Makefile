@@ -20,6 +20,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export DVC_NO_ANALYTICS := 1
 export EVIDENTLY_DISABLE_TELEMETRY := 1
 export ITERATIVE_DO_NOT_TRACK := 1
+export ORT_DISABLE_TELEMETRY := 1
 # uv: use the machine's Python 3.11, keep its cache with the project, never touch $HOME.
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never

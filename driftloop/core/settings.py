@@ -28,6 +28,9 @@ TELEMETRY_OFF: dict[str, str] = {
     "DVC_NO_ANALYTICS": "1",
     "EVIDENTLY_DISABLE_TELEMETRY": "1",
     "ITERATIVE_DO_NOT_TRACK": "1",
+    # ONNX Runtime (serving's compiled scoring) uploads telemetry on Linux since 1.29 and
+    # writes a device id under ~/.cache unless this is set before it initializes.
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 
