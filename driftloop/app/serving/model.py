@@ -185,6 +185,9 @@ def load_alias(
         except NotCompiled as exc:
             note = str(exc)
             logger.warning("%s v%s is scored by its MLflow pyfunc: %s", name, version, note)
+        except Exception as exc:  # compiling is an optimisation: it never keeps a version out
+            note = f"compiling failed: {type(exc).__name__}: {exc}"
+            logger.exception("%s v%s is scored by its MLflow pyfunc", name, version)
     served = ServedModel(
         name=name,
         version=version,
