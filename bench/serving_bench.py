@@ -448,11 +448,14 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(values)
 
 
-def in_process(store, refs, ids, pyfunc, served, frames, repeat: int) -> dict[str, float]:
-    """`served`: the champion as a replica loads it (`load_alias`), compiled if it can be."""
+def in_process(store, refs, ids, served, frames, repeat: int) -> dict[str, float]:
+    """`served`: the champion as a replica loads it (`load_alias`), compiled if it can be;
+    `served.pyfunc` is its MLflow pyfunc."""
     import dataclasses
 
     from driftloop.app.serving.model import one_warning_filter
+
+    pyfunc = served.pyfunc
 
     def one_filter(frame):
         with one_warning_filter():
@@ -614,7 +617,6 @@ def run(args) -> dict[str, Any]:
         print("  in process: Feast lookup, pyfunc predict ...", flush=True)
         mlflow.set_tracking_uri(stack.mlflow)
         mlflow.set_registry_uri(stack.mlflow)
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}@{ALIAS}")
         frames = [pd.DataFrame(data["rows"][:1], columns=data["names"]),
                   pd.DataFrame(data["rows"][:100], columns=data["names"])]  # fmt: skip
         served = load_served(stack)
@@ -623,7 +625,7 @@ def run(args) -> dict[str, Any]:
             "note": served.scorer_note,
             "parity": served.compiled.describe() if served.compiled else None,
         }
-        out["inproc"] = in_process(data["store"], data["refs"], data["ids"], pyfunc, served,
+        out["inproc"] = in_process(data["store"], data["refs"], data["ids"], served,
                                    frames, args.repeat)  # fmt: skip
 
         print("  driftloop POST /predict ...", flush=True)
