@@ -22,9 +22,21 @@ ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider
 """
 
 
+# ONNX Runtime 1.32 sends nothing, and writes no device id, when it sees one of these: it
+# treats the process as a CI job (measured: CI=true, GITHUB_ACTIONS=true or TF_BUILD=True each
+# leave the home folder empty; the names are the ones its library holds). A user's machine has
+# none of them, so each check below runs without them: otherwise, in CI, the first test would
+# pass because of the CI marker rather than the switch, and the second would fail.
+CI_MARKERS = (
+    "CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL",
+    "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER",
+)  # fmt: skip
+
+
 def _files_under_home(tmp_path: Path, env: dict[str, str]) -> list[str]:
     home = tmp_path / "home"
     home.mkdir()
+    env = {k: v for k, v in env.items() if k not in CI_MARKERS}
     subprocess.run(
         [sys.executable, "-c", ONNX_SESSION],
         env={**env, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache")},
