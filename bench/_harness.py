@@ -51,6 +51,7 @@ def configure(prefix: str) -> Path:
 
 class PrefectServer:
     def __init__(self, root: Path):
+        from driftloop.app._prefect_server import server_argv
         from driftloop.app.supervisor import Component, Supervisor
 
         port = int(os.environ["DRIFTLOOP_BENCH_PREFECT_PORT"])
@@ -58,8 +59,7 @@ class PrefectServer:
         self.supervisor = Supervisor(state / "run", service_id="bench", log=lambda _: None)
         self.service = Component(
             name="prefect-server",
-            argv=[sys.executable, "-m", "prefect", "server", "start", "--host",
-                  "127.0.0.1", "--port", str(port)],
+            argv=server_argv("127.0.0.1", port),  # as `driftloop up` starts it
             env=dict(os.environ),
             log_file=state / "logs" / "prefect-server.log",
             health_url=f"http://127.0.0.1:{port}/api/health",

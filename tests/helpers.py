@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from driftloop.app._prefect_server import server_argv
 from driftloop.app.supervisor import Component, Supervisor
 from driftloop.core.settings import TELEMETRY_OFF
 
@@ -25,7 +26,8 @@ PYTHON = sys.executable
 
 
 class PrefectServer:
-    """`prefect server start` on a loopback port, stopped cleanly by the test."""
+    """driftloop's Prefect server (`prefect server start`, its SQLite writes begun IMMEDIATE)
+    on a loopback port, stopped cleanly by the test."""
 
     def __init__(self, port: int, home: Path, log_dir: Path):
         self.port = port
@@ -35,8 +37,7 @@ class PrefectServer:
         )
         self.service = Component(
             name="prefect-server",
-            argv=[PYTHON, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                  "--port", str(port)],
+            argv=server_argv("127.0.0.1", port),  # the service's own server command
             env={**os.environ, **TELEMETRY_OFF, "PREFECT_HOME": str(home)},
             log_file=log_dir / "prefect-server.log",
             health_url=f"http://127.0.0.1:{port}/api/health",

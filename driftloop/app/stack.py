@@ -34,6 +34,7 @@ from typing import cast
 from uuid import UUID
 
 from driftloop.app import server_profile
+from driftloop.app._prefect_server import server_argv as prefect_server_argv
 from driftloop.app.ports import free_port
 from driftloop.app.recovery import RunJanitor
 from driftloop.app.supervisor import (
@@ -290,8 +291,8 @@ def _components(settings: DriftloopSettings, env: dict[str, str]) -> dict[str, C
         **databases,
         "prefect-server": Component(
             name="prefect-server",
-            argv=[python, "-m", "prefect", "server", "start", "--host", settings.host,
-                  "--port", str(settings.prefect_port)],
+            # Prefect's server, its SQLite writes begun IMMEDIATE (see the module).
+            argv=prefect_server_argv(settings.host, settings.prefect_port),
             env=prefect_env,
             log_file=logs / "prefect-server.log",
             health_url=f"{settings.prefect_api_url}/health",
