@@ -95,6 +95,36 @@ def test_a_warm_engine_is_its_runs_process_only_if_it_started_before_the_hand_ov
         assert not names_the_run({}, warm, resumed.timestamp() + 60, again)
 
 
+def test_an_engine_given_its_input_stops_pre_importing(tmp_path: Path):
+    """A run handed over while the engine still pre-imports takes it from there: the modules
+    not imported yet are left to the run (here the input is the end of input, which the
+    engine then reads as "not needed" and exits 0)."""
+    import subprocess
+
+    for name in ("first_flows", "second_flows"):
+        marker = tmp_path / f"{name}.imported"
+        (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])}
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
+        stdin=subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    engine.stdin.close()  # before Prefect's own imports are done: nothing else is imported
+    assert engine.wait(timeout=120) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.imported")) == []
+    # Left alone, the same engine imports both, then waits for its input.
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
+        stdin=subprocess.PIPE, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("*.imported"))) < 2:
+        assert time.monotonic() < deadline and engine.poll() is None
+        time.sleep(0.2)
+    engine.stdin.close()
+    assert engine.wait(timeout=60) == 0
+
+
 def test_the_engine_runs_on_the_workers_own_interpreter():
     assert engine_command("python -m prefect.engine") == f"{sys.executable} -m prefect.engine"
     assert engine_command("/opt/py -m prefect.engine") == "/opt/py -m prefect.engine"
