@@ -256,3 +256,29 @@ def test_only_a_local_registry_file_is_cached_on(tmp_path, registry, local):
     (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump({"registry": registry}))
     found = FeastFeatureStore(repo_path=str(tmp_path)).local_registry()
     assert (found is not None) == local, found
+
+
+def test_the_training_code_fingerprint_reads_the_source_without_importing_it():
+    import hashlib
+    import importlib
+    import inspect
+    import subprocess
+    import sys
+
+    from tasks.plan_training import TRAINING_CODE, code_fingerprint
+
+    # In a fresh process: nothing of the training code (or scikit-learn) is imported by it.
+    probe = (
+        "import sys\nfrom tasks.plan_training import TRAINING_CODE, code_fingerprint\n"
+        "code_fingerprint()\n"
+        "print(sorted(m for m in (*TRAINING_CODE, 'sklearn', 'optuna') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+    # The same value as hashing the imported modules' source (so an upgrade retrains nothing).
+    digest = hashlib.md5()
+    for name in TRAINING_CODE:
+        digest.update(inspect.getsource(importlib.import_module(name)).encode())
+    assert code_fingerprint() == digest.hexdigest()
+    with pytest.raises(ModuleNotFoundError, match=r"tasks\.no_such_step"):
+        code_fingerprint(("tasks.no_such_step",))
