@@ -8,6 +8,7 @@ match."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import time
@@ -263,7 +264,11 @@ def test_a_code_change_recycles_the_warm_engines(start_worker, tmp_path: Path, m
     assert run.state.result() == 1
     assert f"Flow run {run.id} starts in warm engine" in log.read_text()
 
-    wait_for_log(log, r"Warm engine \d+ started \(pre-imports editable_flows", worker)
+    # The engine that replaced the one the run took (started after it, so a run that ends
+    # before its replacement starts is not mistaken for the idle engine).
+    (used,) = re.findall(rf"Flow run {run.id} starts in warm engine (\d+)", log.read_text())
+    replacement = rf"Warm engine (?!{used}\b)\d+ started \(pre-imports editable_flows"
+    wait_for_log(log, replacement, worker)
     idle = warm_engines_started(log)[-1]
     module.write_text(source.format(2))
     stat = module.stat()
