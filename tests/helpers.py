@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from prefect.events.filters import EventFilter
     from prefect.events.schemas.events import ReceivedEvent
 
-PYTHON = sys.executable
-
 
 class PrefectServer:
     """driftloop's Prefect server (`prefect server start`, its SQLite writes begun IMMEDIATE)

@@ -106,18 +106,19 @@ def test_an_engine_given_its_input_stops_pre_importing(tmp_path: Path):
         marker = tmp_path / f"{name}.imported"
         (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])}
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
-        stdin=subprocess.PIPE, env=env, cwd=tmp_path,
-    )  # fmt: skip
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
+            stdin=subprocess.PIPE, env=env, cwd=tmp_path,
+        )  # fmt: skip
+
+    engine = start()
     engine.stdin.close()  # before Prefect's own imports are done: nothing else is imported
     assert engine.wait(timeout=120) == 0
     assert sorted(p.name for p in tmp_path.glob("*.imported")) == []
     # Left alone, the same engine imports both, then waits for its input.
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
-        stdin=subprocess.PIPE, env=env, cwd=tmp_path,
-    )  # fmt: skip
+    engine = start()
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("*.imported"))) < 2:
         assert time.monotonic() < deadline and engine.poll() is None
