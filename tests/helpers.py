@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -205,39 +205,53 @@ class RayNodes:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _start(self, name: str, args: list[str]) -> int:
+    def _start(self, name: str, args: Callable[[], list[str]], attempts: int = 3) -> int:
+        """`ray start` for one node. On a busy machine (the suite's other worker training
+        beside it) `ray start` can give up after 30 s waiting for its own raylet ("The
+        current node timed out during startup"), as `up`'s supervisor sees too: what the
+        attempt left is stopped and the node started again, with fresh ports."""
+        from driftloop.app.supervisor import stop_session
+
         env = {**os.environ, **TELEMETRY_OFF, "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with (self.log_dir / f"ray-{name}.log").open("wb") as log:
-            process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "ray"), "start", *args,
-                 "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        if process.wait(timeout=120) != 0:
-            raise RuntimeError(
-                f"ray start ({name}) failed: {(self.log_dir / f'ray-{name}.log').read_text()}"
-            )
-        self.nodes[name] = process
-        return process.pid
+        failures = []
+        for attempt in range(1, attempts + 1):
+            log_file = self.log_dir / f"ray-{name}-{attempt}.log"
+            with log_file.open("wb") as log:
+                process = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "ray"), "start", *args(),
+                     "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )  # fmt: skip
+            if process.wait(timeout=120) == 0:
+                self.nodes[name] = process
+                return process.pid
+            stop_session(process.pid, 1, 5, f"failed ray {name}", lambda _: None)
+            failures.append(f"attempt {attempt}:\n{log_file.read_text()[-3000:]}")
+        raise RuntimeError(f"ray start ({name}) failed {attempts} times:\n" + "\n".join(failures))
 
     def start_head(self, num_cpus: int = 1) -> str:
         from tests.conftest import free_port as free
 
-        self.port = free()
-        self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
-                             "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
-                             "--ray-client-server-port", str(free()),
-                             "--dashboard-agent-listen-port", str(free())])  # fmt: skip
+        def args() -> list[str]:
+            self.port = free()
+            return ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
+                    "--temp-dir", str(self.temp_dir), "--include-dashboard", "false",
+                    "--ray-client-server-port", str(free()),
+                    "--dashboard-agent-listen-port", str(free())]  # fmt: skip
+
+        self._start("head", args)
         return self.address
 
     def add_worker(self, name: str = "worker", num_cpus: int = 1) -> int:
         from tests.conftest import free_port
 
-        agent_port = free_port()
-        return self._start(name, ["--address", self.address, "--num-cpus", str(num_cpus),
-                                  "--dashboard-agent-listen-port", str(agent_port)])  # fmt: skip
+        def args() -> list[str]:
+            return ["--address", self.address, "--num-cpus", str(num_cpus),
+                    "--dashboard-agent-listen-port", str(free_port())]  # fmt: skip
+
+        return self._start(name, args)
 
     def processes(self, name: str) -> list[int]:
         from driftloop.app.supervisor import session_members

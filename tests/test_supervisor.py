@@ -163,6 +163,46 @@ def test_a_component_checked_by_its_port_and_a_file_is_restarted_after_sigkill(t
     assert not session_alive(first_pid)
 
 
+def test_a_component_that_exits_during_start_up_is_started_again(tmp_path):
+    """As `ray start --head` on a busy machine: the first attempt exits non-zero ("The current
+    node timed out during startup"), the second comes up. Within the budget that is a
+    restart, not a failed `up`; once the budget is spent, it is a StartupError."""
+    lines: list[str] = []
+    supervisor = Supervisor(tmp_path / "run", service_id="svc-flaky", log=lines.append)
+    component = port_and_file_component(tmp_path, tmp_path / "ready")
+    flag = tmp_path / "failed-once"
+    component.argv = [sys.executable, "-c",
+                      f"import os, sys, runpy; flag = {str(flag)!r}\n"
+                      "if not os.path.exists(flag):\n"
+                      "    open(flag, 'w').close()\n"
+                      "    print('timed out during startup'); sys.exit(1)\n"
+                      "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                      *component.argv[1:]]  # fmt: skip
+    component.restart = RestartPolicy(max_restarts=1, backoff_s=(0.2,))
+    server = supervisor.start(component)
+    try:
+        supervisor.wait_healthy(server, 30)
+        assert supervisor.healthy_now(server)
+        assert len(server.restarts) == 1
+        text = "\n".join(lines)
+        assert "server exited with code 1 during start-up" in text
+        assert "timed out during startup" in text  # its log is quoted
+        assert "Restarting server (restart 1;" in text
+    finally:
+        supervisor.stop_all()
+
+    # The budget (one restart) is spent: the next exit during start-up ends the start.
+    flag.unlink()
+    supervisor = Supervisor(tmp_path / "run2", service_id="svc-flaky-2", log=lines.append)
+    component.restart = RestartPolicy(max_restarts=0, backoff_s=(0.2,))
+    server = supervisor.start(component)
+    try:
+        with pytest.raises(StartupError, match="server exited with code 1 during start-up"):
+            supervisor.wait_healthy(server, 30)
+    finally:
+        supervisor.stop_all()
+
+
 def test_a_failed_start_names_the_checks_that_did_not_pass(tmp_path):
     port = free_port()
     never = tmp_path / "never"

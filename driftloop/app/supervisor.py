@@ -514,17 +514,30 @@ class Supervisor:
         return all(check.passes() for check in component.health_checks)
 
     def wait_healthy(self, component: Component, timeout_s: float) -> float:
-        """Block until the component passes its health checks; return seconds taken."""
+        """Block until the component passes its health checks; return seconds taken.
+
+        A component with a restart policy that exits during start-up is restarted as after
+        start-up (backoff, the same budget), and each attempt gets `timeout_s`: on a busy
+        machine `ray start` can time out waiting for its own raylet ("The current node timed
+        out during startup"), and a second attempt succeeds. Without a policy, or with the
+        budget spent, the exit is a StartupError quoting the component's log.
+        """
         assert component.process is not None
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            code = component.process.poll()
-            if code is not None:
-                raise StartupError(
-                    f"{component.name} exited with code {code} during start-up. "
-                    f"Last lines of {component.log_file}:\n{tail(component.log_file)}"
-                )
-            if self.healthy_now(component):
+        started = attempt_started = time.monotonic()
+        while time.monotonic() - attempt_started < timeout_s:
+            now = time.monotonic()
+            if component.status is Status.BACKOFF:
+                if now >= component.next_start_at and self._respawn(component, now):
+                    attempt_started = now
+            elif (code := component.process.poll()) is not None:
+                policy = component.restart
+                if policy is None or policy.exhausted(component.restarts, now):
+                    raise StartupError(
+                        f"{component.name} exited with code {code} during start-up. "
+                        f"Last lines of {component.log_file}:\n{tail(component.log_file)}"
+                    )
+                self._exited(component, f"exited with code {code} during start-up", now)
+            elif self.healthy_now(component):
                 component.status = Status.RUNNING
                 return time.monotonic() - started
             time.sleep(0.25)
@@ -552,18 +565,24 @@ class Supervisor:
                 elif component.status is Status.STARTING:
                     self._check_started(component, now)
             elif component.status is Status.BACKOFF and now >= component.next_start_at:
-                if component.port is not None and port_in_use("127.0.0.1", component.port):
-                    # The old process still holds the port; it was just killed, so wait.
-                    component.next_start_at = now + 1.0
-                    continue
-                policy = component.restart
-                assert policy is not None  # only a component with a policy is in backoff
-                self._spawn(component)
-                component.restarts.append(now)
-                self.log(
-                    f"Restarting {component.name} (restart {len(component.restarts)}; "
-                    f"budget {policy.max_restarts} per {policy.window_s / 60:g} min)"
-                )
+                self._respawn(component, now)
+
+    def _respawn(self, component: Component, now: float) -> bool:
+        """Start a component again after its backoff, counting it against its budget; False
+        (and another second of backoff) while its old process still holds its port."""
+        if component.port is not None and port_in_use("127.0.0.1", component.port):
+            # The old process still holds the port; it was just killed, so wait.
+            component.next_start_at = now + 1.0
+            return False
+        policy = component.restart
+        assert policy is not None  # only a component with a policy is in backoff
+        self._spawn(component)
+        component.restarts.append(now)
+        self.log(
+            f"Restarting {component.name} (restart {len(component.restarts)}; "
+            f"budget {policy.max_restarts} per {policy.window_s / 60:g} min)"
+        )
+        return True
 
     def _check_started(self, component: Component, now: float) -> None:
         if self.healthy_now(component):
