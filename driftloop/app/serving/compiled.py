@@ -55,17 +55,25 @@ class NotCompiled(Exception):
 
 
 @dataclass(frozen=True)
+class Parity:
+    """The check that let a compiled model serve: rows scored both ways, the worst gap."""
+
+    rows: int
+    max_difference: float
+
+
+@dataclass(frozen=True)
 class CompiledModel:
     """A pipeline as two ONNX Runtime sessions: preprocessing (float64), then the estimator
-    (in the type it computes in), with imputation in NumPy before them."""
+    (in the type it computes in), with imputation in NumPy before them. `parity` is None only
+    inside `compile_model`, between the conversion and its check."""
 
     columns: tuple[FeatureColumn, ...]
     fills: dict[str, Any]
     preprocess: Any  # onnxruntime.InferenceSession
     estimator: Any  # onnxruntime.InferenceSession
     estimator_dtype: type[np.floating[Any]]
-    parity_rows: int
-    max_difference: float
+    parity: Parity | None = None
 
     def score(self, matrix: pd.DataFrame) -> np.ndarray:
         """Positive-class probabilities of `feature_matrix`'s output, as float64."""
@@ -84,9 +92,10 @@ class CompiledModel:
         return np.asarray(outputs[1], dtype=np.float64)[:, 1]
 
     def describe(self) -> dict[str, Any]:
+        assert self.parity is not None, "describe() of a model compile_model did not check"
         return {
-            "parity_rows": self.parity_rows,
-            "max_difference": self.max_difference,
+            "parity_rows": self.parity.rows,
+            "max_difference": self.parity.max_difference,
             "estimator_dtype": np.dtype(self.estimator_dtype).name,
         }
 
@@ -117,8 +126,6 @@ def compile_model(
             preprocess=_session(_convert_preprocess(preprocess, columns)),
             estimator=_session(_convert_estimator(estimator, preprocess, dtype)),
             estimator_dtype=dtype,
-            parity_rows=0,
-            max_difference=float("nan"),
         )
     except Exception as exc:  # skl2onnx and ONNX Runtime raise many kinds
         raise NotCompiled(
@@ -138,7 +145,7 @@ def compile_model(
             f"{len(matrix)} rows (tolerance {tolerance:g}, "
             f"{int((difference > tolerance).sum())} rows over)"
         )
-    return dataclasses.replace(compiled, parity_rows=len(matrix), max_difference=worst)
+    return dataclasses.replace(compiled, parity=Parity(rows=len(matrix), max_difference=worst))
 
 
 def _split(pipeline: Any, columns: tuple[FeatureColumn, ...]) -> tuple[Any, Any, dict[str, Any]]:
