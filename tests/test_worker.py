@@ -1,14 +1,13 @@
 """driftloop's worker on a real Prefect server: woken by the pool's Scheduled events (its poll
 is set to 60 s here, so only the event can explain a quick pick-up), one interpreter per run
-(the engine's parent is the worker itself), a killed run process recorded Crashed, and warm
-engines: started before their runs, cancelled from the UI, crashed, recycled when the code
-changes or they idle too long, and bypassed (with the reason logged) for a run they do not
-match."""
+(the engine's parent is the worker itself, or its warm engine), a killed run process recorded
+Crashed, and the warm engine: runs forked from it (several at once), cancelled from the UI,
+crashed, recycled when the code changes or it idles too long, and bypassed (with the reason
+logged) for a run it does not match."""
 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import time
@@ -21,6 +20,7 @@ from driftloop.core.settings import PROJECT_ROOT
 from tests.warm_worker import (
     WARM_STARTED,
     deploy,
+    forked,
     run_and_wait,
     stop_worker,
     wait_final,
@@ -67,64 +67,61 @@ def test_the_code_fingerprint_covers_the_tasks_a_flow_imports():
     assert WarmEngines.code_of(("flows.training",)) == before
 
 
-def test_a_warm_engine_is_its_runs_process_only_if_it_started_before_the_hand_over():
-    """The zombie sweep's rule: a cold engine's environment names its run; a warm engine's
-    cannot, so its start time must precede the run's current state (a reused PID starts
-    later), also for a resumed run, whose first start was long before its engine's."""
-    from datetime import UTC, datetime, timedelta
+def test_the_zombie_sweep_knows_a_forked_run_by_its_process_name():
+    """A cold engine's environment names its run; a run forked from the warm engine has the
+    engine's environment and command line, and is known by the name it gives itself."""
     from uuid import uuid4
 
     from prefect.client.schemas.objects import FlowRun
-    from prefect.states import Pending, Running
 
+    from driftloop.app.engine_process import fork_name
     from driftloop.app.recovery import names_the_run
 
-    first = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    warm = ["python", "-m", "driftloop.app.engine_process", "flows.training"]
-    run = FlowRun(id=uuid4(), flow_id=uuid4(), start_time=first, state=Running(timestamp=first))
-    assert names_the_run({"PREFECT__FLOW_RUN_ID": str(run.id)}, ["python"], 0.0, run)
-    assert not names_the_run({"PREFECT__FLOW_RUN_ID": "other"}, ["python"], 0.0, run)
-    assert names_the_run({}, warm, first.timestamp() - 60, run)
-    assert not names_the_run({}, warm, first.timestamp() + 1, run)  # a reused PID
-    assert not names_the_run({}, ["python", "other.py"], first.timestamp() - 60, run)
-    # Resumed an hour later (its start_time stays the first attempt's), in a warm engine
-    # started a minute before the hand-over: Pending, then Running.
-    resumed = first + timedelta(hours=1)
-    for state in (Pending(timestamp=resumed), Running(timestamp=resumed + timedelta(seconds=5))):
-        again = run.model_copy(update={"state": state})
-        assert names_the_run({}, warm, resumed.timestamp() - 60, again)
-        assert not names_the_run({}, warm, resumed.timestamp() + 60, again)
+    run = FlowRun(id=uuid4(), flow_id=uuid4())
+    warm = ["python", "-m", "driftloop.app.engine_process", "--report-fd", "5", "flows.training"]
+    assert names_the_run({"PREFECT__FLOW_RUN_ID": str(run.id)}, ["python"], "python", run)
+    assert not names_the_run({"PREFECT__FLOW_RUN_ID": "other"}, ["python"], "python", run)
+    assert names_the_run({}, warm, fork_name(str(run.id)), run)
+    assert not names_the_run({}, warm, "python", run)  # the engine itself, or a reused PID
+    assert not names_the_run({}, warm, fork_name(str(uuid4())), run)  # another run's process
+    assert not names_the_run({}, ["python", "other.py"], fork_name(str(run.id)), run)
 
 
-def test_an_engine_given_its_input_stops_pre_importing(tmp_path: Path):
-    """A run handed over while the engine still pre-imports takes it from there: the modules
-    not imported yet are left to the run (here the input is the end of input, which the
-    engine then reads as "not needed" and exits 0)."""
+def test_the_warm_engine_forks_a_run_that_arrives_during_its_imports(tmp_path: Path):
+    """The fork server's protocol, without a Prefect server: a run requested before the flows'
+    modules are imported is forked at once (reported before `ready`), and the engine goes on
+    importing for later runs. The child runs as its run's engine: this one is refused because
+    its hand-off holds a variable that is not Prefect's, exits 1 saying so, and its exit code
+    is reported. After the end of its input the engine exits 0."""
     import subprocess
+
+    from driftloop.app.engine_process import request_line
 
     for name in ("first_flows", "second_flows"):
         marker = tmp_path / f"{name}.imported"
         (tmp_path / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(PROJECT_ROOT)])}
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "driftloop.app.engine_process", "first_flows", "second_flows"],
-            stdin=subprocess.PIPE, env=env, cwd=tmp_path,
-        )  # fmt: skip
-
-    engine = start()
-    engine.stdin.close()  # before Prefect's own imports are done: nothing else is imported
-    assert engine.wait(timeout=120) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.imported")) == []
-    # Left alone, the same engine imports both, then waits for its input.
-    engine = start()
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("*.imported"))) < 2:
-        assert time.monotonic() < deadline and engine.poll() is None
-        time.sleep(0.2)
+    report_r, report_w = os.pipe()
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "driftloop.app.engine_process", "--report-fd", str(report_w),
+         "first_flows", "second_flows"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path,
+        pass_fds=(report_w,),
+    )  # fmt: skip
+    os.close(report_w)
+    run_id = "1b3c5d7e-9f00-4a1b-8c2d-3e4f5a6b7c8d"
+    engine.stdin.write(request_line(run_id, {"NOT_PREFECTS": "x"}, str(tmp_path)))
     engine.stdin.close()
-    assert engine.wait(timeout=60) == 0
+    with os.fdopen(report_r) as reports:
+        lines = reports.read().splitlines()
+    assert engine.wait(timeout=120) == 0
+    (forked_line,) = [line for line in lines if line.startswith("forked ")]
+    child = int(forked_line.split()[2])
+    assert lines == [f"forked {run_id} {child}", "ready", f"exited {child} 1"], lines
+    assert "not hand-off variables: ['NOT_PREFECTS']" in engine.stderr.read().decode()
+    assert sorted(p.name for p in tmp_path.glob("*.imported")) == [
+        "first_flows.imported", "second_flows.imported"
+    ]  # fmt: skip
 
 
 def test_the_engine_runs_on_the_workers_own_interpreter():
@@ -173,7 +170,9 @@ def test_a_run_is_picked_up_on_its_event_in_one_interpreter(pool_and_worker):
     assert run.state.is_completed(), run.state
     assert f"Picked up flow run {flow_run.id} on its event" in log.read_text()
     parent = run.state.result()
-    assert "driftloop.app.worker" in parent, parent  # no workspace supervisor in between
+    # The worker started it (cold), or forked it from its warm engine; no workspace supervisor
+    # in between.
+    assert "driftloop.app.worker" in parent or "driftloop.app.engine_process" in parent, parent
     assert "_workspace_supervisor" not in parent
 
 
@@ -187,6 +186,8 @@ def test_a_run_outlives_its_worker(pool_and_worker, tmp_path: Path):
     flow_run_id, pid = _start_sleeper(pool, tmp_path, seconds=6.0)
     engine = psutil.Process(pid)
     worker = engine.parent()
+    if "driftloop.app.engine_process" in " ".join(worker.cmdline()):
+        worker = worker.parent()  # forked from the warm engine, which the worker started
     assert "driftloop.app.worker" in " ".join(worker.cmdline())
     assert os.getsid(engine.pid) != os.getsid(worker.pid)
     os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
@@ -198,32 +199,35 @@ def test_a_killed_run_process_is_recorded_crashed(pool_and_worker, tmp_path: Pat
     """On the warm path: the run's engine was started before the run."""
     pool, log = pool_and_worker
     flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
-    assert pid in warm_engines_started(log), log.read_text()
+    assert forked(log, flow_run_id)[1] == pid, log.read_text()
     os.kill(pid, signal.SIGKILL)
     run = wait_final(flow_run_id)
     assert run.state.is_crashed(), run.state
 
 
 # --- warm engines ---------------------------------------------------------------------------
-def test_runs_start_in_engines_started_before_them(pool_and_worker):
-    """Each run gets a warm engine of its own (a new one is started after each hand-over), and
-    the zombie sweep sees a warm engine as its run's live process."""
+def test_runs_are_forked_from_the_warm_engine_each_in_a_process_of_its_own(pool_and_worker):
+    """Runs one after the other, and three at once (what a promotion starts): each is a child
+    of the same warm engine, a process of its own in a session of its own, and no engine is
+    started for them."""
+    from prefect.client.orchestration import get_client
+
     pool, log = pool_and_worker
     deployment_id = deploy(pool, "tests.worker_flows.engine_facts", warm_log=log)
-    pids = []
-    for _ in range(2):
-        started = warm_engines_started(log)
-        run = run_and_wait(deployment_id)
+    started = warm_engines_started(log)
+    engine = started[-1]  # the one that imports the deployment's module
+    runs = [run_and_wait(deployment_id) for _ in range(2)]
+    with get_client(sync_client=True) as client:
+        burst = [client.create_flow_run_from_deployment(deployment_id).id for _ in range(3)]
+    runs += [wait_final(run_id) for run_id in burst]
+    facts = []
+    for run in runs:
         assert run.state.is_completed(), run.state
-        pid = run.state.result()["pid"]
-        assert pid in started, (pid, started)  # started before the run was created
-        assert f"Flow run {run.id} starts in warm engine {pid}" in log.read_text()
-        pids.append(pid)
-        deadline = time.monotonic() + 30  # its replacement starts a few seconds later
-        while len(warm_engines_started(log)) == len(started):
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-    assert pids[0] != pids[1]
+        facts.append(run.state.result())
+        assert forked(log, run.id) == (engine, facts[-1]["pid"]), log.read_text()
+    assert {f["ppid"] for f in facts} == {engine}
+    assert len({f["pid"] for f in facts}) == len(runs)
+    assert warm_engines_started(log) == started  # none started for the runs
 
 
 def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path: Path):
@@ -235,7 +239,7 @@ def test_cancelling_a_warm_run_from_the_ui_cancels_it(pool_and_worker, tmp_path:
 
     pool, log = pool_and_worker
     flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
-    assert pid in warm_engines_started(log), log.read_text()
+    assert forked(log, flow_run_id)[1] == pid, log.read_text()
     with get_client(sync_client=True) as client:
         assert run_process_alive(pid, client.read_flow_run(flow_run_id))  # not a zombie
         client.set_flow_run_state(flow_run_id, Cancelling(), force=True)  # the UI's Cancel
@@ -263,20 +267,17 @@ def test_a_code_change_recycles_the_warm_engines(start_worker, tmp_path: Path, m
     wait_for_log(log, r"pre-imports editable_flows\.versioned", worker)  # knows the deployment
     run = run_and_wait(deployment_id)
     assert run.state.result() == 1
-    assert f"Flow run {run.id} starts in warm engine" in log.read_text()
-
-    # The engine that replaced the one the run took (started after it, so a run that ends
-    # before its replacement starts is not mistaken for the idle engine).
-    (used,) = re.findall(rf"Flow run {run.id} starts in warm engine (\d+)", log.read_text())
-    replacement = rf"Warm engine (?!{used}\b)\d+ started \(pre-imports editable_flows"
-    wait_for_log(log, replacement, worker)
-    idle = warm_engines_started(log)[-1]
+    first = forked(log, run.id)
+    assert first is not None, log.read_text()  # warm: the engine had imported the module
+    engine = first[0]
     module.write_text(source.format(2))
     stat = module.stat()
     os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    wait_for_log(log, rf"Recycling warm engine {idle}: the flows' code changed", worker)
+    wait_for_log(log, rf"Recycling warm engine {engine}: the flows' code changed", worker)
     run = run_and_wait(deployment_id)
     assert run.state.result() == 2, log.read_text()
+    second = forked(log, run.id)
+    assert second is None or second[0] != engine  # a new engine or a cold one, not the old
 
 
 def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
@@ -291,7 +292,7 @@ def test_a_run_the_engines_do_not_match_starts_cold_and_says_why(start_worker):
     assert run.state.result()["value"] == "s3cr3t"
     text = log.read_text()
     assert (
-        f"Flow run {run.id} starts in a cold engine: the run differs from the idle engines "
+        f"Flow run {run.id} starts in a cold engine: the run differs from the warm engine "
         "in the environment (DRIFTLOOP_TEST_SECRET)"
     ) in text, text
     assert "s3cr3t" not in text
@@ -336,7 +337,7 @@ def test_stopping_the_worker_kills_its_warm_runs_as_prefects_cold_path_does(
 
     pool, log, worker = start_worker()
     flow_run_id, pid = _start_sleeper(pool, tmp_path, warm_log=log)
-    assert pid in warm_engines_started(log), log.read_text()
+    assert forked(log, flow_run_id)[1] == pid, log.read_text()
     stop_worker(worker)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     time.sleep(2)  # a crash report, had there been one, would have arrived

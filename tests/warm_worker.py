@@ -20,6 +20,14 @@ def warm_engines_started(log: Path) -> list[int]:
     return [int(pid) for pid in WARM_STARTED.findall(log.read_text())]
 
 
+def forked(log: Path, flow_run_id: object) -> tuple[int, int] | None:
+    """(warm engine, run process) if the worker says it forked the run from its warm engine."""
+    found = re.search(
+        rf"Flow run {flow_run_id} starts in warm engine (\d+) as process (\d+)", log.read_text()
+    )
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
 def wait_for_log(log: Path, pattern: str, process: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not re.search(pattern, log.read_text()):

@@ -25,5 +25,6 @@ def sleeper(pid_file: str, seconds: float = 120.0) -> None:
 
 @flow(name="worker-engine-facts", persist_result=True)
 def engine_facts(variable: str = "") -> dict:
-    """This run's engine: its PID, and the value of an environment variable."""
-    return {"pid": os.getpid(), "value": os.environ.get(variable) if variable else None}
+    """This run's engine: its PID, its parent's, and the value of an environment variable."""
+    return {"pid": os.getpid(), "ppid": os.getppid(),
+            "value": os.environ.get(variable) if variable else None}  # fmt: skip

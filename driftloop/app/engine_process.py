@@ -1,67 +1,98 @@
-"""A warm engine: a flow-run process started before its run, with its imports already done.
+"""A warm engine: a fork server that has imported Prefect and the flows before its runs come.
 
-driftloop's worker keeps one or two of these ready (`driftloop.app.warm_engines`). Each is
-started as `python -m driftloop.app.engine_process MODULE...`, in the working directory and
-with the environment its run will have, except Prefect's per-run hand-off variables
-(`PREFECT__*`: the flow-run id, the control channel's port and token, the deployment's
-name...), which do not exist yet. It imports Prefect's flow engine and the named modules (the
-work pool's flow modules), then waits for one line on stdin: a JSON object of those hand-off
-variables. It then runs `prefect.engine` exactly as `python -m prefect.engine` would, and exits
-with its exit code. End of input instead of a line means it is not needed: it exits 0. So a
-warm engine never outlives its worker idle: the worker's end closes the pipe.
+driftloop's worker keeps one of these (`driftloop.app.warm_engines`). It is started as
+`python -m driftloop.app.engine_process --report-fd N MODULE...`, in the working directory and
+with the environment its runs will have, except Prefect's per-run hand-off variables
+(`PREFECT__*`: the flow-run id, the control channel's port and token...), which do not exist
+yet. It imports Prefect's flow engine and the named modules (the work pool's flow modules),
+then forks one child per run. A fork takes milliseconds and shares the imported pages, so
+runs that arrive together (a promotion starts three) all start warm, and there is no window
+after a run in which the next one finds no engine ready.
 
-A run can be handed over before the pre-imports are done (the worker's replacement engine
-starts a few seconds after a run takes the last one, and its imports take 8-15 s of CPU here).
-The engine then stops pre-importing at once, after the module it is on: the run imports what it
-needs itself, as a cold engine would, with a head start, instead of waiting for modules it
-may not need (measured: a rerun handed to an engine 1.3 s into its imports went Running
-13.8 s after it was created when it waited for all of them, 3.2-5.2 s with this; one handed
-to a ready engine, 0.9-1.3 s).
+The protocol, one line per message:
 
-Everything Prefect reads from its settings (the API URL, the logging and heartbeat settings)
-is in the environment the process starts with, and equal to the run's (the worker checks that
-before it hands a run over); the hand-off variables are read from `os.environ` when the engine
-runs, which is why they can come later.
+- stdin, from the worker: a run to start, `{"run": <flow-run id>, "env": <hand-off
+  variables>, "cwd": <folder or null>}` (`request_line`). End of input: no more runs.
+- fd N, to the worker: `forked <run> <pid>` once a run's child exists, `exited <pid> <code>`
+  when it ended (a negative code is the signal that ended it, as `Popen.returncode` says),
+  and `ready` once every module is imported.
+
+A run that arrives while the imports are under way is forked at once, between two modules:
+its child imports what it lacks itself, as a cold engine would, with a head start, and the
+fork server goes on importing for the runs after it.
+
+Each child is its run's process, as a cold engine is: it starts a session of its own (a run
+outlives its worker, and Prefect's cancellation signals its process group), works in its
+run's folder, reads nothing from the worker, and runs `prefect.engine` exactly as `python -m
+prefect.engine` would. It names itself after its run (`fork_name`, the kernel's process name
+in `/proc/<pid>/comm`): its environment (`/proc/<pid>/environ`) is the fork server's, which
+cannot name the run, and the zombie sweep reads the name instead (`driftloop.app.recovery`).
+
+Only the fork server learns its children's exit codes. After the end of its input it waits
+for the children it has, reports each exit, and then exits 0; if the worker is gone, the
+reports go nowhere and it still reaps them. It imports and forks, and does nothing else: no
+Prefect client, no event loop, no thread of its own, so a child starts from a quiet process
+(a thread running at the fork would leave its locks held in the child). Native libraries that
+keep threads (OpenBLAS, pyarrow's jemalloc) re-create them in the child themselves.
 
 Example:
-    >>> handoff_line({"PREFECT__FLOW_RUN_ID": "1b3c"})
-    b'{"PREFECT__FLOW_RUN_ID": "1b3c"}\\n'
+    >>> fork_name("1b3c5d7e-9f00-4a1b-8c2d-3e4f5a6b7c8d")
+    'dl-1b3c5d7e9f00'
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib
 import json
 import os
 import runpy
 import select
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 # What `python -m prefect.engine` imports before it runs a flow: the bulk of its start time.
 ENGINE_IMPORTS = ("prefect", "prefect.flow_engine", "prefect.flows", "prefect._internal.metrics")
 HANDOFF_PREFIX = "PREFECT__"
+REPORT_FORKED = "forked"
+REPORT_EXITED = "exited"
+REPORT_READY = "ready"
 
 
-def handoff_line(env: Mapping[str, str]) -> bytes:
-    """The line the worker writes to a warm engine to give it its run."""
-    return (json.dumps(dict(env)) + "\n").encode()
+def fork_name(flow_run_id: str) -> str:
+    """The process name (15 characters, the kernel's limit) of the child that runs a flow run:
+    48 bits of its id, enough to tell a machine's runs apart."""
+    return "dl-" + flow_run_id.replace("-", "")[:12]
 
 
-def preimport(modules: Sequence[str], handed_over: Callable[[], bool] = lambda: False) -> None:
-    """Import Prefect's engine, then the flows' modules until `handed_over()` says a run is
-    waiting. A module that fails to import is left out: the engine imports it again when its
-    run needs it, and reports the error on the run, as a cold engine would.
+def request_line(flow_run_id: str, env: Mapping[str, str], cwd: str | None) -> bytes:
+    """The line the worker writes to the fork server to start a run.
 
     Example:
-        >>> preimport(["json", "no_such_module_here"], handed_over=lambda: True)
+        >>> request_line("1b3c", {"PREFECT__FLOW_RUN_ID": "1b3c"}, None)
+        b'{"run": "1b3c", "env": {"PREFECT__FLOW_RUN_ID": "1b3c"}, "cwd": null}\\n'
+    """
+    return (json.dumps({"run": flow_run_id, "env": dict(env), "cwd": cwd}) + "\n").encode()
+
+
+def preimport(modules: Sequence[str], between: Callable[[], None] = lambda: None) -> None:
+    """Import Prefect's engine, then the flows' modules, calling `between()` before each of
+    the flows' modules (the fork server starts the runs that came meanwhile there). A module
+    that fails to import is left out: a run that needs it imports it again and reports the
+    error on the run, as a cold engine would.
+
+    Example:
+        >>> preimport(["json", "no_such_module_here"])
         >>> "no_such_module_here" in sys.modules
         False
     """
     for index, module in enumerate((*ENGINE_IMPORTS, *modules)):
-        if index >= len(ENGINE_IMPORTS) and handed_over():
-            return  # the run's own imports take it from here
+        if index >= len(ENGINE_IMPORTS):
+            between()
         try:
             importlib.import_module(module)
         except Exception as exc:  # reported on the run that needs it, not here
@@ -82,19 +113,97 @@ def run_engine(handoff: Mapping[str, str]) -> None:
         runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
 
 
-def stdin_ready() -> bool:
-    """Whether the worker has written to this engine (a hand-off, or end of input)."""
-    return bool(select.select([sys.stdin], [], [], 0)[0])
+class ForkServer:
+    """Reads run requests from stdin, forks a child for each, reports on `report_fd`."""
+
+    def __init__(self, report_fd: int) -> None:
+        self.report_fd = report_fd
+        self.children: set[int] = set()
+        self.closed = False  # end of input: no more runs
+        self._pending = b""
+        # SIGCHLD wakes the loop's select through this pipe (Python writes the signal number).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def say(self, *words: object) -> None:
+        # If the worker is gone, its runs go on, and they are still reaped here.
+        with contextlib.suppress(OSError):
+            os.write(self.report_fd, (" ".join(map(str, words)) + "\n").encode())
+
+    def pump(self, timeout: float | None) -> None:
+        """Wait up to `timeout` for input or a child's exit; start the runs that came, report
+        the children that ended."""
+        readable = [self._wake_r] if self.closed else [sys.stdin.fileno(), self._wake_r]
+        ready, _, _ = select.select(readable, [], [], timeout)
+        if self._wake_r in ready:
+            os.read(self._wake_r, 4096)
+        self._reap()
+        if sys.stdin.fileno() in ready:
+            data = os.read(sys.stdin.fileno(), 1 << 16)
+            self.closed = not data
+            self._pending += data
+            while b"\n" in self._pending:
+                line, self._pending = self._pending.split(b"\n", 1)
+                if line.strip():
+                    self._fork(json.loads(line))
+
+    def serve(self, modules: Sequence[str]) -> int:
+        """Import, starting runs between modules; then start runs until the end of input,
+        and wait for the children."""
+        preimport(modules, between=lambda: self.pump(0))
+        self.say(REPORT_READY)
+        while not self.closed or self.children:
+            self.pump(1.0 if self.closed else None)
+        return 0
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            self.say(REPORT_EXITED, pid, os.waitstatus_to_exitcode(status))
+
+    def _fork(self, request: dict[str, object]) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._become_run(request)  # never returns: the child exits when its run ends
+        self.children.add(pid)
+        self.say(REPORT_FORKED, request["run"], pid)
+
+    def _become_run(self, request: dict[str, object]) -> None:
+        """In the child: leave the fork server's session, pipes and signal handling, then run
+        the engine. Its exit (SystemExit, or an exception) ends this process through the
+        interpreter's normal shutdown, so Prefect's exit handlers flush its logs and events."""
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in (self._wake_r, self._wake_w, self.report_fd):
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, sys.stdin.fileno())
+        os.close(null)
+        run = str(request["run"])
+        Path("/proc/self/comm").write_text(fork_name(run))
+        if request.get("cwd"):
+            os.chdir(str(request["cwd"]))
+        env = request.get("env")
+        run_engine(env if isinstance(env, dict) else {})
+        raise SystemExit(0)
 
 
 def main(argv: Sequence[str]) -> int:
-    """Pre-import (until a run arrives), wait for the run, run it."""
-    preimport(argv, handed_over=stdin_ready)
-    line = sys.stdin.buffer.readline()
-    if not line.strip():
-        return 0  # recycled, or the worker ended
-    run_engine(json.loads(line))
-    return 0
+    parser = argparse.ArgumentParser(prog="python -m driftloop.app.engine_process")
+    parser.add_argument("--report-fd", type=int, required=True)
+    parser.add_argument("modules", nargs="*")
+    args = parser.parse_args(argv)
+    return ForkServer(args.report_fd).serve(args.modules)
 
 
 if __name__ == "__main__":

@@ -28,10 +28,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 
+from driftloop.app.engine_process import fork_name
 from driftloop.core import names
 from driftloop.core.interruptions import (
     is_interrupted,
@@ -52,42 +54,52 @@ WORKER_LABEL = "prefect.worker.name"
 
 
 # --- processes ------------------------------------------------------------------------------
-# A warm engine (driftloop.app.engine_process) is started before its run exists.
+# A run forked by the warm engine (driftloop.app.engine_process) carries the engine's
+# environment and command line, and a process name that names its run.
 WARM_ENGINE_MODULE = "driftloop.app.engine_process"
 
 
-def names_the_run(
-    environ: dict[str, str], cmdline: list[str], created: float, run: FlowRun
-) -> bool:
-    """Is a process with this environment, command line and start time the run's engine?
+def names_the_run(environ: dict[str, str], cmdline: list[str], name: str, run: FlowRun) -> bool:
+    """Is a process with this environment, command line and name (`/proc/<pid>/comm`) the
+    run's engine?
 
-    A cold engine's environment names its run. A warm engine learns its run after it
-    started, and the environment Linux shows (`/proc/<pid>/environ`) is the one a process
-    started with: it cannot name the run. A warm engine is the run's if it started before the
-    time of the run's current state (Pending or Running), which the run reached after it was
-    handed to the engine. A process that reused the PID of a run's dead engine started later.
+    A cold engine's environment names its run. A run forked by the warm engine shows the
+    environment the engine started with (`/proc/<pid>/environ` is the one a process started
+    with, and the run's id came later), so it names itself after its run instead
+    (`fork_name`). A process that reused the PID of a run's dead engine has neither.
 
-    Not the run's `start_time`: that is its first `Running` time, and a resumed run (or a
-    retried one) is handed to an engine started long after it.
+    Example:
+        >>> from uuid import UUID
+        >>> from prefect.client.schemas.objects import FlowRun
+        >>> run = FlowRun(id=UUID("1b3c5d7e-9f00-4a1b-8c2d-3e4f5a6b7c8d"), flow_id=UUID(int=1))
+        >>> names_the_run({}, ["python", "-m", WARM_ENGINE_MODULE], "dl-1b3c5d7e9f00", run)
+        True
+        >>> names_the_run({}, ["python", "-m", WARM_ENGINE_MODULE], "python", run)
+        False
     """
     if environ.get("PREFECT__FLOW_RUN_ID") == str(run.id):
         return True
-    if WARM_ENGINE_MODULE not in cmdline:
-        return False
-    current = run.state.timestamp if run.state else None
-    return current is not None and created <= current.timestamp()
+    return WARM_ENGINE_MODULE in cmdline and name == fork_name(str(run.id))
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def run_process_alive(pid: int | None, run: FlowRun) -> bool:
-    """Does the run's process live on this machine? Its environment (or, for a warm engine,
-    its start time) tells it from an unrelated process that reused the PID."""
+    """Does the run's process live on this machine? Its environment (or, for a run forked by
+    the warm engine, its process name) tells it from an unrelated process that reused the
+    PID."""
     if pid is None:
         return False
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:
             return False
-        return names_the_run(process.environ(), process.cmdline(), process.create_time(), run)
+        return names_the_run(process.environ(), process.cmdline(), _comm(pid), run)
     except psutil.AccessDenied:
         return True  # it exists and is not ours to inspect: do not call it dead
     except psutil.Error:

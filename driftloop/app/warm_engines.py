@@ -1,26 +1,28 @@
-"""Warm engines: flow-run processes started before their runs, kept ready by driftloop's worker.
+"""Warm engines: flow-run processes forked from one that did their imports (driftloop's worker).
 
-A cold flow run starts an interpreter that imports Prefect and the flow's modules (about 2 s
-of CPU here) before its flow can begin. driftloop's worker keeps `size` engine processes
-(`driftloop.app.engine_process`) that have done those imports already, and hands each new run
-to one of them. Each run still has a process of its own, in a session of its own: a crash
-kills one run, cancellation from the UI reaches it through Prefect's control channel and
-signals, and a killed process is recorded Crashed, as on the cold path.
+A cold flow run starts an interpreter that imports Prefect and the flow's modules (seconds of
+CPU here) before its flow can begin. driftloop's worker keeps a fork server
+(`driftloop.app.engine_process`, "the warm engine") that has done those imports already, and
+forks a child of it for each new run. Each run still has a process of its own, in a session of
+its own: a crash kills one run, cancellation from the UI reaches it through Prefect's control
+channel and signals, and a killed process is recorded Crashed, as on the cold path. A fork
+takes milliseconds, so runs that arrive together (a promotion starts three) all start warm.
 
-An engine serves a run only if it was started exactly as that run's cold engine would be:
+The warm engine serves a run only if it was started exactly as that run's cold engine would be:
 
 - the same **spec**: command (`python -m prefect.engine` on the worker's interpreter), the
   environment other than Prefect's per-run hand-off variables (`PREFECT__*`), the working
   directory and whether output is streamed;
 - the same **code**: a fingerprint of the flow packages' source files (names, sizes and
   modification times) taken when the engine started. An edited flow or task module means the
-  idle engines are recycled, and a run never executes code older than what is on disk.
+  engine is recycled, and a run never executes code older than what is on disk.
 
-Otherwise the run gets a cold engine, and the worker logs why. Idle engines are also
-recycled after `idle_s`, and when the work pool's deployments (and so the modules worth
-importing) change. The next run's spec is learned from the last run (before the first one,
-from the work pool's job template), so a deployment with job variables of its own gets warm
-engines of its own once it has run.
+Otherwise the run gets a cold engine, and the worker logs why. The engine is also recycled
+after `idle_s` without a run, and when the work pool's deployments (and so the modules worth
+importing) change; a recycled engine takes no more runs, and exits once the runs it forked
+have ended (it alone learns their exit codes). The next run's spec is learned from the last
+run (before the first one, from the work pool's job template), so a deployment with job
+variables of its own gets a warm engine of its own once it has run.
 
 Example:
     >>> spec = EngineSpec.of("/py -m prefect.engine", {"A": "1", "PREFECT__FLOW_RUN_ID": "x"},
@@ -39,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,7 +52,13 @@ import anyio
 from prefect.logging import get_logger
 from prefect.utilities.processutils import command_from_string
 
-from driftloop.app.engine_process import HANDOFF_PREFIX, handoff_line
+from driftloop.app.engine_process import (
+    HANDOFF_PREFIX,
+    REPORT_EXITED,
+    REPORT_FORKED,
+    REPORT_READY,
+    request_line,
+)
 
 if TYPE_CHECKING:
     from anyio.abc import Process, TaskStatus
@@ -62,11 +71,14 @@ LOGGER = get_logger("driftloop.worker")
 # so an edit to any of them must recycle the idle engines, not only an edit to the flow's own
 # package.
 PROJECT_PACKAGES = ("driftloop", "blocks", "tasks", "flows", "deployments")
-# After a run takes an engine, its replacement waits this long before starting, so that its
-# imports do not compete with the run's own start for this machine's two cores.
-REFILL_DELAY_S = 3.0
-# How long a retired engine may take to exit after SIGTERM before it gets SIGKILL.
+# How long a retired engine with no runs may take to exit after the end of its input, and
+# then after SIGTERM, before it gets SIGKILL.
 EXIT_GRACE_S = 5.0
+# How long the worker waits for the engine to fork a run (it forks between two imports, so a
+# run that arrives during them waits for the module in progress).
+FORK_TIMEOUT_S = 60.0
+# How often a run's wait looks for its exit report.
+EXIT_POLL_S = 0.1
 
 
 def split_environment(env: Mapping[str, str | None]) -> tuple[dict[str, str], dict[str, str]]:
@@ -163,34 +175,90 @@ class EngineSpec:
         return found
 
 
+class Reports:
+    """What the engine says on its report pipe, read by a thread of the worker: the runs it
+    forked, the exit codes of its children, whether its imports are done, and whether it is
+    gone (the pipe closed)."""
+
+    def __init__(self, fd: int) -> None:
+        self.forked: dict[str, int] = {}
+        self.exits: dict[int, int] = {}
+        self.ready = False
+        self.gone = threading.Event()
+        self._fd = fd
+        threading.Thread(target=self._read, name="warm-engine-reports", daemon=True).start()
+
+    def _read(self) -> None:
+        with os.fdopen(self._fd, "rb") as pipe:
+            for raw in pipe:
+                words = raw.decode(errors="replace").split()
+                if words[:1] == [REPORT_FORKED] and len(words) == 3:
+                    self.forked[words[1]] = int(words[2])
+                elif words[:1] == [REPORT_EXITED] and len(words) == 3:
+                    self.exits[int(words[1])] = int(words[2])
+                elif words == [REPORT_READY]:
+                    self.ready = True
+        self.gone.set()
+
+
 @dataclass
 class WarmEngine:
-    """One pre-started engine process and what it was started with."""
+    """The fork server and what it was started with."""
 
     process: Process
     spec: EngineSpec
     modules: tuple[str, ...]
     code: str
-    folder: tempfile.TemporaryDirectory[str] | None
+    reports: Reports
+    # Its working directory when the pool names none: an empty folder of its own (the first
+    # entry of its sys.path), removed with it. Each run gets a folder of its own besides.
+    folder: tempfile.TemporaryDirectory[str] | None = None
     started: float = field(default_factory=time.monotonic)
+    last_fork: float = field(default_factory=time.monotonic)
+    retired: bool = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def alive(self) -> bool:
-        return self.process.returncode is None
+        return self.process.returncode is None and not self.reports.gone.is_set()
+
+    def in_flight(self) -> list[int]:
+        """The PIDs of the runs it forked that have not ended."""
+        return [pid for pid in self.reports.forked.values() if pid not in self.reports.exits]
+
+    async def fork(
+        self, flow_run_id: str, handoff: Mapping[str, str], cwd: str | None
+    ) -> ForkedRun:
+        """Start a run in a child of the engine; return once the child exists."""
+        assert self.process.stdin is not None
+        self.last_fork = time.monotonic()
+        await self.process.stdin.send(request_line(flow_run_id, handoff, cwd))
+        with anyio.fail_after(FORK_TIMEOUT_S):
+            while flow_run_id not in self.reports.forked:
+                if not self.alive():
+                    raise RuntimeError(
+                        f"warm engine {self.pid} exited ({self.process.returncode}) before it "
+                        f"forked flow run {flow_run_id}"
+                    )
+                await anyio.sleep(0.005)
+        return ForkedRun(self.reports.forked[flow_run_id], self)
 
     async def retire(self) -> None:
-        """Close its stdin (an idle engine waiting for a run then exits 0); one still busy
-        with its imports gets SIGTERM, then SIGKILL. Then clean up."""
+        """Close its input: it takes no more runs, and exits once the runs it forked have
+        ended (they go on). One that does not exit with no runs left gets SIGTERM, then
+        SIGKILL: its session only, which its runs have left."""
+        self.retired = True
         with contextlib.suppress(Exception):
             await self.process.stdin.aclose()  # type: ignore[union-attr]
-        for signal_number, wait_s in ((None, 0.5), (signal.SIGTERM, EXIT_GRACE_S),
+        if self.in_flight():
+            return  # it reports their ends and exits after the last one; nothing waits here
+        for signal_number, wait_s in ((None, EXIT_GRACE_S), (signal.SIGTERM, EXIT_GRACE_S),
                                       (signal.SIGKILL, EXIT_GRACE_S)):  # fmt: skip
             if signal_number is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pid, signal_number)  # its session: it and its children
+                    os.killpg(self.pid, signal_number)
             with anyio.move_on_after(wait_s):
                 await self.process.wait()
             if self.process.returncode is not None:
@@ -204,8 +272,48 @@ class WarmEngine:
             self.folder = None
 
 
+class ForkedRun:
+    """A run's process, forked by the warm engine: the part of `anyio.abc.Process` that
+    Prefect's `ProcessHandle` reads (its PID and exit code), and a wait for its end. Its exit
+    code comes from the engine, its parent; if the engine died first, the code is unknown
+    and given as -1 once the process is gone."""
+
+    def __init__(self, pid: int, engine: WarmEngine) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._engine = engine
+
+    def _poll(self) -> int | None:
+        reports = self._engine.reports
+        if self.pid in reports.exits:
+            self.returncode = reports.exits[self.pid]
+        elif reports.gone.is_set() and not _exists(self.pid):
+            self.returncode = -1
+        return self.returncode
+
+    async def wait(self) -> int:
+        while self._poll() is None:
+            await anyio.sleep(EXIT_POLL_S)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # its session: it and what it started
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class WarmEngines:
-    """The worker's idle engines: started, handed out, recycled.
+    """The worker's warm engine: started, used for each matching run, recycled.
 
     Example:
         >>> engines = WarmEngines(size=0, idle_s=600.0, extra_imports=())
@@ -219,8 +327,8 @@ class WarmEngines:
         self.extra_imports = tuple(extra_imports)
         self.wanted: EngineSpec | None = None
         self.flow_modules: tuple[str, ...] = ()
-        self._idle: list[WarmEngine] = []
-        self._last_take = 0.0
+        self.engine: WarmEngine | None = None
+        self._retired: list[WarmEngine] = []
 
     @property
     def enabled(self) -> bool:
@@ -228,7 +336,7 @@ class WarmEngines:
 
     @property
     def modules(self) -> tuple[str, ...]:
-        """What each engine imports: the pool's flow modules, then the extra imports."""
+        """What the engine imports: the pool's flow modules, then the extra imports."""
         return (*self.flow_modules, *self.extra_imports)
 
     @staticmethod
@@ -239,42 +347,39 @@ class WarmEngines:
         return source_fingerprint((*modules, *PROJECT_PACKAGES))
 
     def take(self, spec: EngineSpec) -> tuple[WarmEngine | None, str]:
-        """An idle engine for a run with this spec, or None and the reason the run starts
-        cold. The spec becomes the one the next engines are started with."""
+        """The warm engine, if it can serve a run with this spec, or None and the reason the
+        run starts cold. The spec becomes the one the next engine is started with."""
         if not self.enabled:
             return None, "warm engines are off (DRIFTLOOP_WARM_ENGINES=0)"
         self.wanted = spec
         if not spec.is_engine_command():
             return None, f"the pool's command is not {sys.executable} -m prefect.engine"
-        reasons = []
-        for engine in list(self._idle):
-            if not engine.alive():
-                reasons.append(f"engine {engine.pid} exited ({engine.process.returncode})")
-                self._idle.remove(engine)
-                engine.cleanup()
-            elif engine.code != self.code_of(engine.modules):
-                reasons.append("the flows' code changed since the idle engines started")
-            elif differences := engine.spec.differences(spec):
-                reasons.append(f"the run differs from the idle engines in {'; '.join(differences)}")
-            else:
-                self._idle.remove(engine)
-                self._last_take = time.monotonic()
-                return engine, ""
-        return None, "; ".join(dict.fromkeys(reasons)) or "no warm engine is ready yet"
+        engine, reason = self.engine, ""
+        if engine is None:
+            reason = "no warm engine is ready yet"
+        elif not engine.alive():
+            reason = f"engine {engine.pid} exited ({engine.process.returncode})"
+        elif engine.code != self.code_of(engine.modules):
+            reason = "the flows' code changed since the warm engine started"
+        elif differences := engine.spec.differences(spec):
+            reason = f"the run differs from the warm engine in {'; '.join(differences)}"
+        return (None, reason) if reason else (engine, "")
 
     async def maintain(self) -> None:
-        """One pass: retire the engines that exited, idled too long, or no longer match the
-        spec, the code or the pool's modules; start new ones up to `size`."""
+        """One pass: retire the engine if it exited, idled too long, or no longer matches the
+        spec, the code or the pool's modules; start one if there is none."""
+        for engine in [e for e in self._retired if e.process.returncode is not None]:
+            self._retired.remove(engine)
+            engine.cleanup()
         if not self.enabled or self.wanted is None:
             return
-        now = time.monotonic()
-        for engine in list(self._idle):
-            if engine not in self._idle:
-                continue  # taken by a run while an earlier one was being retired
+        engine, now = self.engine, time.monotonic()
+        if engine is not None:
             reason = None
+            idle_s = now - max(engine.last_fork, engine.started)
             if not engine.alive():
                 reason = f"exited with code {engine.process.returncode}"
-            elif now - engine.started > self.idle_s:
+            elif idle_s > self.idle_s and not engine.in_flight():
                 reason = f"idle for {self.idle_s:.0f}s"
             elif engine.code != self.code_of(engine.modules):
                 reason = "the flows' code changed"
@@ -283,46 +388,57 @@ class WarmEngines:
             elif engine.spec != self.wanted:
                 reason = "the runs' environment or command changed"
             if reason:
-                self._idle.remove(engine)
+                self.engine = None
                 LOGGER.info("Recycling warm engine %s: %s", engine.pid, reason)
                 await engine.retire()
-        if now - self._last_take < REFILL_DELAY_S or not self.wanted.is_engine_command():
-            return
-        while len(self._idle) < self.size:
-            self._idle.append(await self._start(self.wanted))
+                if engine.process.returncode is None:
+                    self._retired.append(engine)  # its runs go on; it exits after them
+        if self.engine is None and self.wanted.is_engine_command():
+            self.engine = await self._start(self.wanted)
 
     async def _start(self, spec: EngineSpec) -> WarmEngine:
-        folder = None
-        cwd = spec.cwd
-        if cwd is None:
-            folder = tempfile.TemporaryDirectory(suffix="prefect")
-            cwd = folder.name
         output = None if spec.stream_output else subprocess.DEVNULL
         modules = self.modules
         code = self.code_of(modules)  # before the imports: an edit during them is caught
-        process = await anyio.open_process(
-            [spec.command[0], "-m", "driftloop.app.engine_process", *modules],
-            stdin=subprocess.PIPE, stdout=output, stderr=output, cwd=cwd, env=dict(spec.env),
-            # A session of its own, as each cold engine gets: a run outlives its worker.
-            start_new_session=True,
-        )  # fmt: skip
+        folder = None if spec.cwd else tempfile.TemporaryDirectory(suffix="prefect")
+        report_r, report_w = os.pipe()
+        try:
+            process = await anyio.open_process(
+                [spec.command[0], "-m", "driftloop.app.engine_process",
+                 "--report-fd", str(report_w), *modules],
+                stdin=subprocess.PIPE, stdout=output, stderr=output,
+                cwd=spec.cwd or (folder.name if folder else None), env=dict(spec.env),
+                # A session of its own: a Ctrl-C in the worker's terminal must not reach it.
+                start_new_session=True, pass_fds=(report_w,),
+            )  # fmt: skip
+        except BaseException:
+            os.close(report_r)
+            if folder is not None:
+                folder.cleanup()
+            raise
+        finally:
+            os.close(report_w)
         LOGGER.info("Warm engine %s started (pre-imports %s)", process.pid, ", ".join(modules))
-        return WarmEngine(process=process, spec=spec, modules=modules, code=code, folder=folder)
+        return WarmEngine(process=process, spec=spec, modules=modules, code=code,
+                          reports=Reports(report_r), folder=folder)  # fmt: skip
 
     async def close(self) -> None:
-        """Retire every idle engine (the worker is stopping)."""
-        idle, self._idle = self._idle, []
+        """Retire the engine (the worker is stopping); its runs' starters stop the runs."""
+        engines = [e for e in (self.engine, *self._retired) if e is not None]
+        self.engine, self._retired = None, []
         async with anyio.create_task_group() as group:
-            for engine in idle:
+            for engine in engines:
                 group.start_soon(engine.retire)
 
 
 class WarmEngineStarter:
-    """Starts a flow run in a warm engine: Prefect's `ProcessStarter` protocol
+    """Starts a flow run in a child of the warm engine: Prefect's `ProcessStarter` protocol
     (`prefect.runner._flow_run_executor`), which its `FlowRunExecutor` drives.
 
     It registers the run with the executor's control channel, as Prefect's
-    `EngineCommandStarter` does, and writes the run's hand-off environment to the engine.
+    `EngineCommandStarter` does, and sends the run's hand-off environment to the engine,
+    with a temporary working folder when the pool names none (as Prefect's process worker
+    gives each run).
     """
 
     def __init__(
@@ -352,30 +468,38 @@ class WarmEngineStarter:
             else:
                 env["PREFECT__CONTROL_PORT"], env["PREFECT__CONTROL_TOKEN"] = str(port), token
                 registered = True
+        folder = None if engine.spec.cwd else tempfile.TemporaryDirectory(suffix="prefect")
         try:
-            assert engine.process.stdin is not None
-            await engine.process.stdin.send(handoff_line(env))
-            await engine.process.stdin.aclose()
+            child = await engine.fork(
+                str(flow_run.id), env, engine.spec.cwd or (folder.name if folder else None)
+            )
         except BaseException:
             if registered:
                 self._control_channel.unregister(flow_run.id)
+            if folder is not None:
+                folder.cleanup()
             raise
+        LOGGER.info(
+            "Flow run %s starts in warm engine %s as process %s", flow_run.id, engine.pid, child.pid
+        )
         handle = ProcessHandle(
-            engine.process, termination_scope=isolated_termination_scope(engine.pid)
+            child,  # type: ignore[arg-type]  # a Process for what ProcessHandle reads of it
+            termination_scope=isolated_termination_scope(child.pid),
         )
         task_status.started(handle)
         try:
-            await engine.process.wait()
+            await child.wait()
         except anyio.get_cancelled_exc_class():
             # The worker is stopping. Prefect's own starter kills its engine then (anyio
             # SIGKILLs a process whose wait is cancelled), so the run cannot record a crash of
             # its own: the service records it "service stopped" and resumes it. A SIGTERM
             # instead would let Ray's handler in the engine exit through SystemExit, and the
             # run would end Crashed with a reason nobody resumes.
-            with contextlib.suppress(ProcessLookupError):
-                engine.process.kill()
-            with anyio.CancelScope(shield=True):
-                await engine.process.wait()
+            child.kill()
+            with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_GRACE_S):
+                await child.wait()
             raise
         finally:
-            engine.cleanup()
+            if folder is not None:
+                with contextlib.suppress(OSError):
+                    folder.cleanup()

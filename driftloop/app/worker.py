@@ -266,8 +266,8 @@ class DriftloopWorker(ProcessWorker):
             EngineSpec.of(command, env, configuration.working_dir, configuration.stream_output)
         )
         if engine is not None:
-            LOGGER.info("Flow run %s starts in warm engine %s", flow_run.id, engine.pid)
-            working_dir: Any = contextlib.nullcontext(None)  # the engine has its folder
+            # The starter makes the run's folder and logs the run's process once it is forked.
+            working_dir: Any = contextlib.nullcontext(None)
         else:
             LOGGER.info("Flow run %s starts in a cold engine: %s", flow_run.id, reason)
             working_dir = (
@@ -322,14 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warm-engines",
         type=int,
+        choices=(0, 1),
         default=settings.warm_engines,
-        help="engine processes kept ready for the next runs (0: none)",
+        help="1: fork each run from a warm engine; 0: start every run cold",
     )
     parser.add_argument(
         "--warm-idle-s",
         type=float,
         default=settings.warm_engine_idle_s,
-        help="an idle warm engine is replaced after this many seconds",
+        help="the warm engine is replaced after this many seconds without a run",
     )
     args = parser.parse_args(argv)
     worker = DriftloopWorker(

@@ -71,16 +71,17 @@ class DriftloopSettings(BaseSettings):
     warm_engines: int = Field(
         default=1,
         ge=0,
-        le=4,
+        le=1,
         description=(
-            "Flow-run engine processes driftloop's worker keeps started, with Prefect and the "
-            "flows imported, for the next runs (0: every run starts a cold interpreter)."
+            "1: driftloop's worker keeps a warm engine, a process with Prefect and the flows "
+            "imported that forks a child for each run; 0: every run starts a cold interpreter."
         ),
     )
     warm_engine_idle_s: float = Field(
         default=900.0,
         gt=0,
-        description="An idle warm engine is replaced by a fresh one after this many seconds.",
+        description="The warm engine is replaced by a fresh one after this many seconds "
+        "without a run.",
     )
     warm_imports: str = Field(
         default="mlflow,feast,dvc.api",
