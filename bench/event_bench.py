@@ -4,8 +4,8 @@
 
 Runs `driftloop up` twice in temporary state folders (own ports), first with Prefect's stock
 process worker (`DRIFTLOOP_WORKER=stock`, polling every second), then with driftloop's worker
-(woken by the pool's events, polling every 5 s as a fallback, and handing runs to warm engine
-processes). Each time it waits for the
+(woken by the pool's events, polling every 5 s as a fallback, and forking each run from its
+warm engine). Each time it waits for the
 demo's first training and the scoring run its promotion starts, then emits
 `driftloop.model.promoted` N times (one at a time, each after the previous scoring run
 finished) and measures each hop: emit -> flow run created (the automation), created -> Pending
@@ -105,7 +105,7 @@ def picked_up_on_event(stack: Stack, flow_run_id: str) -> bool:
 
 
 def started_warm(stack: Stack, flow_run_id: str) -> bool:
-    """driftloop's worker logs each run it handed to a warm engine."""
+    """driftloop's worker logs each run it forked from its warm engine."""
     return worker_log_says(stack, f"Flow run {flow_run_id} starts in warm engine")
 
 
