@@ -16,8 +16,10 @@ A stock process worker (Prefect 3.8) reaches a new flow run late on two counts:
 
 Each run's engine gets a session of its own (as Prefect's workspace path gives it, and its
 command path does not), so a run outlives its worker: a worker killed or restarted does not
-take the runs in flight with it. Everything else is Prefect's process worker: each run in its
-own process, cancellation from the UI, a killed run process reported Crashed.
+take the runs in flight with it. Where it can, it forks the run's process from its warm
+engine, which has imported Prefect and the flows already (`driftloop.app.warm_engines`).
+Everything else is Prefect's process worker: each run in its own process, cancellation from
+the UI, a killed run process reported Crashed.
 
 It is a worker type of its own (`driftloop`, Prefect's documented extension point: a
 `ProcessWorker` subclass), and driftloop's work pool has that type. Its job template is the
@@ -78,8 +80,8 @@ WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry")
 WAKE_POLLS_S = (0.0, 0.3, 1.0)
 LOGGER = get_logger("driftloop.worker")
 RESUBSCRIBE_AFTER_S = 30.0
-# How often the idle warm engines are checked (exited, idle too long, code or deployments
-# changed) and topped up.
+# How often the warm engine is checked (exited, idle too long, code or deployments changed)
+# and replaced if need be.
 MAINTAIN_ENGINES_S = 2.0
 
 
@@ -165,8 +167,8 @@ class DriftloopWorker(ProcessWorker):
 
     async def _keep_engines_warm(self) -> None:
         """Every few seconds: learn the pool's flow modules from its deployments, then let
-        the warm engines recycle and top up. Before the first run, the engines are started
-        as the pool's job template would start a run."""
+        the warm engine be replaced if need be. Before the first run, the engine is started as
+        the pool's job template would start a run."""
         from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
         from prefect.workers.process import ProcessJobConfiguration
 
@@ -248,10 +250,10 @@ class DriftloopWorker(ProcessWorker):
     ) -> ProcessWorkerResult:
         """Start the run's engine in a process (and session) of its own and wait for it.
 
-        A warm engine takes the run if one matches it (`driftloop.app.warm_engines`);
-        otherwise this is Prefect's `ProcessWorker.run` with a command, except that the
-        engine gets its own session, so a run outlives its worker (see
-        `driftloop.app._prefect_runner`). The command is the pool's, with `python` meaning
+        The warm engine forks the run's process if it matches the run
+        (`driftloop.app.warm_engines`); otherwise this is Prefect's `ProcessWorker.run` with
+        a command, except that the engine gets its own session, so a run outlives its worker
+        (see `driftloop.app._prefect_runner`). The command is the pool's, with `python` meaning
         this worker's interpreter.
         """
         from prefect.flows import load_flow_from_flow_run
