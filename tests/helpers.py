@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,21 +102,39 @@ def make_mlflow(folder: Path, model_name: str | None = None) -> MlflowSetup:
     return MlflowSetup(block_name=name, block=block)
 
 
-def task_states(flow_run_id: Any) -> dict[str, list[str]]:
-    """Task name -> state names of that task's runs in a flow run."""
+def task_states(
+    flow_run_id: Any, expect: Iterable[str] = (), timeout: float = 30.0
+) -> dict[str, list[str]]:
+    """Task name -> state names of that task's runs in a flow run.
+
+    Prefect records task runs from the events their processes send (the flow's, and each Ray
+    worker's), a moment after the flow has returned. With `expect`, wait (up to `timeout`)
+    until each of those tasks has a run and no run of them is still Pending or Running; then
+    return what there is (the caller's assertion says what is missing).
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    wanted = set(expect)
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        states: dict[str, list[str]] = {}
+        for run in runs:
+            # Task run names are "<task name>-<3 hex>"; tests speak of the task name.
+            name = run.name.rsplit("-", 1)[0]
+            states.setdefault(name, []).append(run.state.name if run.state else "?")
+        settled = wanted <= set(states) and not any(
+            s in ("Pending", "Running", "?") for name in wanted for s in states[name]
         )
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        # Task run names are "<task name>-<3 hex>"; tests speak of the task name.
-        name = run.name.rsplit("-", 1)[0]
-        states.setdefault(name, []).append(run.state.name if run.state else "?")
-    return states
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def events(

@@ -89,7 +89,7 @@ def test_trials_are_cached_on_data_params_and_code(demo, mlflow_setup):
         **demo.train_kwargs(mlflow_setup, search=SEARCH, gate={"min_improvement": 0.01}),
         return_state=True,
     )
-    states = task_states(again.state_details.flow_run_id)
+    states = task_states(again.state_details.flow_run_id, expect=["fit-model"])
     trial_states = [s for name, runs in states.items() if name.startswith("trial") for s in runs]
     assert trial_states == ["Cached"] * 5
     assert states["fit-model"] == ["Cached"] * 2  # the judged fit and the refit

@@ -60,7 +60,7 @@ def test_default_is_a_local_ray_and_a_cached_rerun_never_starts_it(demo, tmp_pat
     # Another gate: the same model is judged again (the same inputs would be skipped).
     second = run_training_subprocess({**kwargs, "gate": {"min_improvement": 0.01}}, env)
     assert len(list((state / "ray").glob("session_2*"))) == 1, "a cached rerun started Ray"
-    states = task_states(second["flow_run_id"])
+    states = task_states(second["flow_run_id"], expect=["fit-model"])
     trials = [s for name, runs in states.items() if name.startswith("trial") for s in runs]
     assert trials == ["Cached"] * 3
     assert states["fit-model"] == ["Cached"] * 2  # the judged fit and the refit
