@@ -8,13 +8,14 @@ process worker (`DRIFTLOOP_WORKER=stock`, polling every second), then with drift
 warm engine). Each time it waits for the
 demo's first training and the scoring run its promotion starts, then emits
 `driftloop.model.promoted` N times (one at a time, each after the previous scoring run
-finished) and measures each hop: emit -> flow run created (the automation), created -> Pending
-(the worker picked it up), Pending -> Running (the engine process started and loaded the
-flow), Running -> first task, and emit -> first task. Whether driftloop's worker found each run
-by its event or by a poll, and started it in a warm engine or a cold one, is read from its
-log. With driftloop's worker it then runs `driftloop add-batch --drift` (what `make drift`
-runs) and measures the time until the MLflow `champion` alias moves, and until the loop has
-settled (the new champion's first drift check reports `driftloop.drift.checked`).
+finished, and `--gap-s` later) and measures each hop: emit -> flow run created (the
+automation), created -> Pending (the worker picked it up), Pending -> Running (the engine
+process started and loaded the flow), Running -> first task, and emit -> first task. Whether
+driftloop's worker found each run by its event or by a poll, and started it in a warm engine
+or a cold one, is read from its log. With driftloop's worker it then runs `driftloop add-batch
+--drift` (what `make drift` runs) and measures the time until the MLflow `champion` alias
+moves, and until the loop has settled (the new champion's first drift check reports
+`driftloop.drift.checked`).
 
 Server timestamps and the benchmark's clock are the same machine's clock.
 Targets (measured, never asserted in tests): emit to first task, p50 <= 2 s; drifted batch to
@@ -109,7 +110,7 @@ def started_warm(stack: Stack, flow_run_id: str) -> bool:
     return worker_log_says(stack, f"Flow run {flow_run_id} starts in warm engine")
 
 
-def measure_events(stack: Stack, count: int) -> dict[str, list[float]]:
+def measure_events(stack: Stack, count: int, gap_s: float = 0.0) -> dict[str, list[float]]:
     from prefect.events import Event
 
     with api_client() as http:
@@ -143,6 +144,7 @@ def measure_events(stack: Stack, count: int) -> dict[str, list[float]]:
             samples["warm"].append(float(started_warm(stack, run["id"])))
             print(f"  {stack.worker} worker, event {i + 1}/{count}: first task after "
                   f"{samples['first task'][-1]:.2f}s")  # fmt: skip
+            time.sleep(gap_s)
     return samples
 
 
@@ -206,7 +208,9 @@ def measure_drift_to_settled(stack: Stack) -> dict[str, float]:
     }
 
 
-def run_stack(worker: str, events: int, loop: bool) -> tuple[dict[str, list[float]], dict]:
+def run_stack(
+    worker: str, events: int, loop: bool, gap_s: float = 0.0
+) -> tuple[dict[str, list[float]], dict]:
     """Start `driftloop up` with this worker, measure `events` events (and, if `loop`, make
     drift -> champion -> settled), stop it."""
     stack = Stack(worker)
@@ -217,7 +221,7 @@ def run_stack(worker: str, events: int, loop: bool) -> tuple[dict[str, list[floa
         stack.wait_for("completed", 600)
         with api_client() as http:
             wait_final(http, stack.api, set())  # the scoring run of the first promotion
-        samples = measure_events(stack, events)
+        samples = measure_events(stack, events, gap_s)
         settled: dict = {}
         if loop:
             print("Adding a drifted batch (make drift) ...")
@@ -236,10 +240,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20, help="events per worker (>= 20)")
     parser.add_argument("--no-loop", action="store_true", help="skip make drift -> settled")
+    parser.add_argument(
+        "--gap-s", type=float, default=0.0,
+        help="pause after each scoring run before the next event (0: back to back)",
+    )  # fmt: skip
     args = parser.parse_args()
     # The stock worker first, then driftloop's, each on a fresh stack, in the same run.
-    stock, _ = run_stack("stock", args.events, loop=False)
-    ours, loop = run_stack("driftloop", args.events, loop=not args.no_loop)
+    stock, _ = run_stack("stock", args.events, loop=False, gap_s=args.gap_s)
+    ours, loop = run_stack("driftloop", args.events, loop=not args.no_loop, gap_s=args.gap_s)
 
     rows = [("hop (p50 / p95 / max, s)", "stock process worker", "driftloop worker",
              "p50 ratio", "target")]  # fmt: skip
@@ -257,8 +265,8 @@ def main() -> int:
     print(
         table(
             rows,
-            f"Event latency, {args.events} events per worker "
-            f"(driftloop.model.promoted -> score-batch), on {os.cpu_count()} CPUs",
+            f"Event latency, {args.events} events per worker, {args.gap_s:g} s apart after each "
+            f"scoring run (driftloop.model.promoted -> score-batch), on {os.cpu_count()} CPUs",
         )
     )
     if loop:
