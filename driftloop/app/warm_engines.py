@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import psutil
 from prefect.logging import get_logger
 from prefect.utilities.processutils import command_from_string
 
@@ -56,7 +57,6 @@ from driftloop.app.engine_process import (
     HANDOFF_PREFIX,
     REPORT_EXITED,
     REPORT_FORKED,
-    REPORT_READY,
     request_line,
 )
 
@@ -177,13 +177,13 @@ class EngineSpec:
 
 class Reports:
     """What the engine says on its report pipe, read by a thread of the worker: the runs it
-    forked, the exit codes of its children, whether its imports are done, and whether it is
-    gone (the pipe closed)."""
+    forked, the exit codes of its children, and whether it is gone (the pipe closed). Its
+    `ready` line (imports done) is for people reading the protocol; the worker forks either
+    way."""
 
     def __init__(self, fd: int) -> None:
         self.forked: dict[str, int] = {}
         self.exits: dict[int, int] = {}
-        self.ready = False
         self.gone = threading.Event()
         self._fd = fd
         threading.Thread(target=self._read, name="warm-engine-reports", daemon=True).start()
@@ -196,8 +196,6 @@ class Reports:
                     self.forked[words[1]] = int(words[2])
                 elif words[:1] == [REPORT_EXITED] and len(words) == 3:
                     self.exits[int(words[1])] = int(words[2])
-                elif words == [REPORT_READY]:
-                    self.ready = True
         self.gone.set()
 
 
@@ -215,7 +213,6 @@ class WarmEngine:
     folder: tempfile.TemporaryDirectory[str] | None = None
     started: float = field(default_factory=time.monotonic)
     last_fork: float = field(default_factory=time.monotonic)
-    retired: bool = False
 
     @property
     def pid(self) -> int:
@@ -249,7 +246,6 @@ class WarmEngine:
         """Close its input: it takes no more runs, and exits once the runs it forked have
         ended (they go on). One that does not exit with no runs left gets SIGTERM, then
         SIGKILL: its session only, which its runs have left."""
-        self.retired = True
         with contextlib.suppress(Exception):
             await self.process.stdin.aclose()  # type: ignore[union-attr]
         if self.in_flight():
@@ -287,7 +283,7 @@ class ForkedRun:
         reports = self._engine.reports
         if self.pid in reports.exits:
             self.returncode = reports.exits[self.pid]
-        elif reports.gone.is_set() and not _exists(self.pid):
+        elif reports.gone.is_set() and not psutil.pid_exists(self.pid):
             self.returncode = -1
         return self.returncode
 
@@ -300,16 +296,6 @@ class ForkedRun:
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)  # its session: it and what it started
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class WarmEngines:
