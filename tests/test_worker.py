@@ -51,6 +51,17 @@ def test_the_private_prefect_apis_the_worker_uses_still_exist():
     assert callable(_prefect_runner.isolated_termination_scope)
 
 
+def test_every_module_the_warm_engine_preimports_exists():
+    """A Prefect upgrade that moves one (some are private: its vendored croniter, anyio's
+    backend) would otherwise only print a line in the engine's log and slow every run."""
+    import importlib
+
+    from driftloop.app.engine_process import ENGINE_IMPORTS
+
+    for module in ENGINE_IMPORTS:
+        importlib.import_module(module)
+
+
 def test_the_code_fingerprint_covers_the_tasks_a_flow_imports():
     """An edit to a task module (not the flow's own package) changes the fingerprint that
     recycles idle engines. (The edit is a new modification time, put back afterwards.)"""

@@ -56,7 +56,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # What `python -m prefect.engine` imports before it runs a flow: the bulk of its start time.
-ENGINE_IMPORTS = ("prefect", "prefect.flow_engine", "prefect.flows", "prefect._internal.metrics")
+# Then what a run imports lazily on its way to Running (found in a py-spy recording of forked
+# runs): the deployment's pull steps, the first event loop's backend, the first console log
+# line, and Prefect's vendored croniter, which a deployment's cron schedule loads (its import
+# runs `file` on the interpreter).
+ENGINE_IMPORTS = (
+    "prefect", "prefect.flow_engine", "prefect.flows", "prefect._internal.metrics",
+    "prefect.deployments.steps", "anyio._backends._asyncio", "rich._emoji_codes",
+    "prefect._vendor.croniter",
+)  # fmt: skip
 HANDOFF_PREFIX = "PREFECT__"
 REPORT_FORKED = "forked"
 REPORT_EXITED = "exited"
@@ -159,16 +167,18 @@ class ForkServer:
         return 0
 
     def _reap(self) -> None:
-        while self.children:
+        # Only the runs' children, by PID: an import may run a subprocess of its own (croniter
+        # runs `file`), whose exit status belongs to the code that waits for it.
+        for child in list(self.children):
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.children.clear()
-                return
+                pid, status = os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its code is unknown
+                self.children.discard(child)
+                continue
             if pid == 0:
-                return
-            self.children.discard(pid)
-            self.say(REPORT_EXITED, pid, os.waitstatus_to_exitcode(status))
+                continue
+            self.children.discard(child)
+            self.say(REPORT_EXITED, child, os.waitstatus_to_exitcode(status))
 
     def _fork(self, request: dict[str, object]) -> None:
         pid = os.fork()
