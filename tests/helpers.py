@@ -119,22 +119,22 @@ def task_states(
 
     wanted = set(expect)
     deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
+        while True:
             runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
             )
-        states: dict[str, list[str]] = {}
-        for run in runs:
-            # Task run names are "<task name>-<3 hex>"; tests speak of the task name.
-            name = run.name.rsplit("-", 1)[0]
-            states.setdefault(name, []).append(run.state.name if run.state else "?")
-        settled = wanted <= set(states) and not any(
-            s in ("Pending", "Running", "?") for name in wanted for s in states[name]
-        )
-        if settled or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
+            states: dict[str, list[str]] = {}
+            for run in runs:
+                # Task run names are "<task name>-<3 hex>"; tests speak of the task name.
+                name = run.name.rsplit("-", 1)[0]
+                states.setdefault(name, []).append(run.state.name if run.state else "?")
+            settled = wanted <= set(states) and not any(
+                s in ("Pending", "Running", "?") for name in wanted for s in states[name]
+            )
+            if settled or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
 
 
 def events(
